@@ -1,0 +1,107 @@
+"""Model configuration (a typed dataclass, validated on creation) and named size presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+ATTENTION_BACKENDS = ("auto", "eager", "sdpa", "varlen", "flex", "xformers")
+
+
+@dataclass
+class ModelConfig:
+    """Decoder shape and behaviour. ``vocab_size`` and ``continuous_inputs`` are filled in from
+    the tokenizers by :class:`anymodal.AnyModal`; everything else has a default.
+
+    - ``rope``: ``"mrope"`` (3D rotary over (t, h, w), Qwen2-VL) or ``"rope"`` (1D over the index
+      in the sample). On text-only input the two are identical.
+    - ``qk_norm``: RMSNorm on queries and keys (Chameleon: early fusion diverges without it).
+    - ``z_loss``: weight of ``logsumexp(logits)**2`` (PaLM, Chameleon) to keep logits bounded.
+    - ``attention``: backend name, see :mod:`anymodal.model.attention`.
+    """
+
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    hidden_dim: int | None = None
+    norm_eps: float = 1e-5
+    rope: str = "mrope"
+    rope_theta: float = 10000.0
+    mrope_sections: list[int] | None = None
+    qk_norm: bool = True
+    z_loss: float = 0.0
+    attention: str = "auto"
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    vocab_size: int = 0
+    continuous_inputs: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary positions")
+        if self.hidden_dim is None:  # SwiGLU: 8/3 * dim, rounded up to a multiple of 32 (Llama)
+            self.hidden_dim = 32 * ((int(8 * self.dim / 3) + 31) // 32)
+        if self.rope not in ("rope", "mrope"):
+            raise ValueError(f"rope must be 'rope' or 'mrope', got {self.rope!r}")
+        if self.mrope_sections is None:  # Qwen2-VL splits 64 pairs as 16/24/24: t gets 1/4, h and w 3/8
+            half = self.head_dim // 2
+            t = half // 4
+            h = (half - t) // 2
+            self.mrope_sections = [t, h, half - t - h]
+        if sum(self.mrope_sections) != self.head_dim // 2 or len(self.mrope_sections) != 3:
+            raise ValueError(f"mrope_sections {self.mrope_sections} must be 3 numbers summing to "
+                             f"head_dim/2 = {self.head_dim // 2}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        self.mrope_sections = list(self.mrope_sections)
+        self.continuous_inputs = dict(self.continuous_inputs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def num_params(self) -> int:
+        """Parameters of the decoder (embedding and head included), without building it."""
+        d, L, V = self.dim, self.n_layers, self.vocab_size
+        kv = self.n_kv_heads * self.head_dim
+        attn = d * d * 2 + d * kv * 2
+        mlp = 3 * d * self.hidden_dim
+        per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
+        head = 0 if self.tie_embeddings else V * d
+        proj = sum(n * d + d for n in self.continuous_inputs.values())
+        return V * d + L * per_layer + d + head + proj
+
+
+def debug(**kw) -> ModelConfig:
+    """Smallest useful shape: unit tests."""
+    return replace(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2), **kw)
+
+
+def tiny(**kw) -> ModelConfig:
+    """~1M parameters: the CPU demo."""
+    return replace(ModelConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2), **kw)
+
+
+def small(**kw) -> ModelConfig:
+    """~10M parameters: CPU benchmarks."""
+    return replace(ModelConfig(dim=384, n_layers=6, n_heads=6, n_kv_heads=2), **kw)
+
+
+def base(**kw) -> ModelConfig:
+    """~100M parameters: a single GPU."""
+    return replace(ModelConfig(dim=768, n_layers=12, n_heads=12, n_kv_heads=4), **kw)
+
+
+PRESETS = {"debug": debug, "tiny": tiny, "small": small, "base": base}
+
+
+def preset(name: str, **kw) -> ModelConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[name](**kw)

@@ -1,0 +1,223 @@
+"""The anymodal decoder, top to bottom: norm, rotary positions, attention, MLP, block, model, loss.
+
+One decoder-only transformer reads the interleaved stream from layer 0: discrete tokens through
+one embedding table over the unified vocabulary, continuous tokens (image patches, mel patches)
+through a per-tokenizer linear projection (Fuyu), written into the same sequence. Pre-norm
+RMSNorm, SwiGLU MLP, grouped-query attention with QK-norm (Chameleon), rotary or M-RoPE
+positions (Qwen2-VL), one LM head over the unified vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from anymodal.model.attention import MaskInfo, attention, resolve_backend
+from anymodal.model.config import ModelConfig
+from anymodal.stream import IGNORE
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+# ---- rotary positions -------------------------------------------------------------------------
+def rotary_cos_sin(pos: torch.Tensor, index: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (B, 1, T, head_dim) for the rotate-half convention (Llama/HF).
+
+    ``pos``: (B, 3, T) (t, h, w) positions for M-RoPE; ``index``: (B, T) 1D position for RoPE.
+    M-RoPE gives frequency pair c the position along axis ``a(c)`` where the pairs are split in
+    ``mrope_sections`` (t, h, w); text has t = h = w, so text alone gets exactly plain RoPE.
+    """
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(half, device=pos.device, dtype=torch.float32) / half))
+    if cfg.rope == "mrope":
+        axis = torch.repeat_interleave(torch.arange(3, device=pos.device),
+                                       torch.tensor(cfg.mrope_sections, device=pos.device))  # (half,)
+        p = pos.float()[:, axis, :].transpose(1, 2)  # (B, T, half): position of pair c on its axis
+    else:
+        p = index.float()[:, :, None].expand(-1, -1, half)
+    ang = p * inv_freq  # (B, T, half)
+    ang = torch.cat([ang, ang], dim=-1)[:, None]  # (B, 1, T, head_dim)
+    return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+# ---- KV cache ---------------------------------------------------------------------------------
+class KVCache:
+    """Preallocated keys/values per layer, plus the mask inputs of the cached keys.
+
+    ``k[layer]``: (B, n_kv_heads, max_len, head_dim). ``length``: tokens cached so far.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype=torch.float32):
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.doc = torch.full((batch, max_len), -2, dtype=torch.long, device=device)
+        self.span = torch.zeros((batch, max_len), dtype=torch.long, device=device)
+        self.max_len = max_len
+        self.length = 0
+
+    def extend_mask(self, doc: torch.Tensor, span: torch.Tensor, bidir: torch.Tensor) -> MaskInfo:
+        s, e = self.length, self.length + doc.shape[1]
+        if e > self.max_len:
+            raise ValueError(f"KV cache full: {e} tokens > max_len={self.max_len}")
+        self.doc[:, s:e], self.span[:, s:e] = doc, span
+        return MaskInfo(doc, self.doc[:, :e], span, self.span[:, :e], bidir)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, e = self.length, self.length + k.shape[2]
+        self.k[layer][:, :, s:e], self.v[layer][:, :, s:e] = k, v
+        return self.k[layer][:, :, :e], self.v[layer][:, :, :e]
+
+
+# ---- blocks -----------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x, cos, sin, mask: MaskInfo, backend: str, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        y = attention(q, k, v, mask, backend)  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, backend, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, backend, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def _key(name: str) -> str:  # ModuleDict keys may not contain "."
+    return name.replace(".", "__")
+
+
+class AnyModalTransformer(nn.Module):
+    """The decoder. ``forward(batch)`` -> logits (B, T, vocab_size).
+
+    ``batch`` is an :class:`anymodal.packing.Batch`: ``ids`` for discrete tokens, ``vectors``
+    for continuous ones (written at the positions whose ``modality`` is that tokenizer).
+    """
+
+    def __init__(self, cfg: ModelConfig, continuous_modality: dict[str, int] | None = None):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (from the vocabulary)")
+        self.cfg = cfg
+        #: tokenizer name -> modality index in the stream, for continuous inputs
+        self.continuous_modality = dict(continuous_modality or {})
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.input_proj = nn.ModuleDict({_key(n): nn.Linear(d, cfg.dim) for n, d in cfg.continuous_inputs.items()})
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # residual-branch outputs scaled by 1/sqrt(2L) (GPT-2)
+                s = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else std
+                nn.init.normal_(p, 0.0, s)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def embed_inputs(self, ids: torch.Tensor, modality: torch.Tensor, vectors: dict[str, torch.Tensor]):
+        """(B, T) ids + continuous vectors -> (B, T, D) embeddings."""
+        h = self.embed(ids)  # (B, T, D); continuous positions hold <pad> and are overwritten
+        for name, vec in vectors.items():
+            if name not in self.continuous_modality:
+                raise KeyError(f"batch has vectors for {name!r}, which the model has no projection for")
+            where = (modality == self.continuous_modality[name]).reshape(-1)
+            if int(where.sum()) != vec.shape[0]:
+                raise ValueError(f"{name}: {int(where.sum())} positions but {vec.shape[0]} vectors")
+            proj = self.input_proj[_key(name)](vec.to(h.dtype))  # (N, D)
+            h = h.reshape(-1, h.shape[-1]).index_put((where.nonzero().squeeze(1),), proj).view_as(h)
+        return h
+
+    def forward(self, batch, cache: KVCache | None = None, backend: str | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        backend = resolve_backend(backend or self.cfg.attention, batch.ids.device, self.training)
+        h = self.embed_inputs(batch.ids, batch.modality, batch.vectors)  # (B, T, D)
+        cos, sin = rotary_cos_sin(batch.pos, batch.index, self.cfg)
+        if cache is not None:
+            mask = cache.extend_mask(batch.doc, batch.span, batch.bidir)
+        else:
+            mask = MaskInfo.from_batch(batch.doc, batch.span, batch.bidir)
+        for block in self.blocks:
+            h = block(h, cos, sin, mask, backend, cache)
+        if cache is not None:
+            cache.length += batch.ids.shape[1]
+        h = self.norm(h)
+        return h if return_hidden else self.head(h)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
+            z_loss: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted next-token cross-entropy over labelled positions, plus optional z-loss.
+
+    Returns (loss, per-token loss (B, T), zero where unlabelled). ``weight``: (B, T).
+    """
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V).float()
+    tgt = labels.reshape(-1)
+    per_tok = F.cross_entropy(flat, tgt.clamp(min=0), reduction="none")
+    valid = (tgt != IGNORE).float()
+    w = valid if weight is None else valid * weight.reshape(-1).float()
+    denom = w.sum().clamp(min=1.0)
+    loss = (per_tok * w).sum() / denom
+    if z_loss:
+        loss = loss + z_loss * ((torch.logsumexp(flat, dim=-1) ** 2) * valid).sum() / valid.sum().clamp(min=1.0)
+    return loss, (per_tok * valid).view_as(labels)

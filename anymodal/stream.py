@@ -1,0 +1,242 @@
+"""Stream layout: one sample (a list of segments) -> one token stream.
+
+Unified vocabulary (saved with the model, derived only from the ordered tokenizer list)::
+
+    [ text ids | discrete tokenizer 2 ids | ... | <bos> <eos> <pad> | <begin:NAME> <end:NAME> ... ]
+      offset 0   offset = sum of previous      specials                 one pair per media tokenizer
+
+Every token has a stream position, whether it is an id or a continuous vector (the vectors ride
+in a side tensor per tokenizer and are projected into the model width at layer 0). Per token:
+``ids``, ``modality`` (tokenizer index; specials get ``len(tokenizers)``), 3D positions
+``(t, h, w)`` (text advances all three together, Qwen2-VL M-RoPE), ``span`` (media span id,
+0 for none), ``bidir`` (the span may attend to itself both ways), ``labels`` (the next id or
+-100) and ``loss_weight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from anymodal.segments import Segment, to_segments
+from anymodal.tokenizers import ModalityTokenizer, create_tokenizer
+
+IGNORE = -100
+SPECIALS = ("<bos>", "<eos>", "<pad>")
+
+
+def build_tokenizers(specs: Sequence[dict | str]) -> list[ModalityTokenizer]:
+    """``[{"name": "text.bytes"}, {"name": "image.patch", "patch_size": 8}]`` -> tokenizers."""
+    toks = []
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        name = spec.pop("name", None)
+        if not name:
+            raise ValueError(f"tokenizer spec {spec} has no 'name'")
+        toks.append(create_tokenizer(name, **spec))
+    return toks
+
+
+class Vocabulary:
+    """Offsets of each tokenizer in the unified id space, and the special tokens.
+
+    >>> v = Vocabulary(build_tokenizers(["text.bytes", "image.patch"]))
+    >>> v.size, v.bos, v.begin["image.patch"]
+    (262, 256, 259)
+    """
+
+    def __init__(self, tokenizers: Sequence[ModalityTokenizer]):
+        if not tokenizers:
+            raise ValueError("a model needs at least one tokenizer")
+        names = [t.name for t in tokenizers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tokenizer listed twice: {names}")
+        texts = [t for t in tokenizers if t.modality == "text"]
+        if len(texts) != 1:
+            raise ValueError(f"exactly one text tokenizer is needed, got {[t.name for t in texts]}")
+        # text first so that a text LM's ids keep their values; then the rest in recipe order
+        self.tokenizers: list[ModalityTokenizer] = texts + [t for t in tokenizers if t.modality != "text"]
+        self.text = texts[0]
+        self.index = {t.name: i for i, t in enumerate(self.tokenizers)}
+        self.offset: dict[str, int] = {}
+        n = 0
+        for t in self.tokenizers:
+            if t.kind == "discrete":
+                self.offset[t.name] = n
+                n += t.vocab_size
+        self.bos, self.eos, self.pad = n, n + 1, n + 2
+        n += len(SPECIALS)
+        self.begin: dict[str, int] = {}
+        self.end: dict[str, int] = {}
+        for t in self.tokenizers:
+            if t.modality != "text":
+                self.begin[t.name], self.end[t.name] = n, n + 1
+                n += 2
+        self.size = n
+        self.special_modality = len(self.tokenizers)
+        self._marker_owner = {v: k for k, v in self.begin.items()}
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def tokenizer_for(self, segment: Segment) -> ModalityTokenizer:
+        if segment.tokenizer is not None:
+            if segment.tokenizer not in self.index:
+                raise KeyError(f"segment asks for tokenizer {segment.tokenizer!r}, which the model lacks "
+                               f"(has {list(self.index)})")
+            return self.tokenizers[self.index[segment.tokenizer]]
+        for t in self.tokenizers:
+            if t.modality == segment.modality:
+                return t
+        raise KeyError(f"no tokenizer for modality {segment.modality!r} (model has {list(self.index)})")
+
+    def id_range(self, name: str) -> tuple[int, int]:
+        """[start, stop) of a discrete tokenizer's ids in the unified vocabulary."""
+        t = self.tokenizers[self.index[name]]
+        return self.offset[name], self.offset[name] + t.vocab_size
+
+    def owner_of_begin(self, token_id: int) -> str | None:
+        return self._marker_owner.get(token_id)
+
+    def token_name(self, token_id: int) -> str:
+        if token_id in (self.bos, self.eos, self.pad):
+            return SPECIALS[token_id - self.bos]
+        for k, v in self.begin.items():
+            if v == token_id:
+                return f"<begin:{k}>"
+        for k, v in self.end.items():
+            if v == token_id:
+                return f"<end:{k}>"
+        for name, off in self.offset.items():
+            t = self.tokenizers[self.index[name]]
+            if off <= token_id < off + t.vocab_size:
+                return f"{name}:{token_id - off}"
+        raise KeyError(token_id)
+
+    def to_dict(self) -> dict:
+        return {"tokenizers": [t.name for t in self.tokenizers], "offset": self.offset, "bos": self.bos,
+                "eos": self.eos, "pad": self.pad, "begin": self.begin, "end": self.end, "size": self.size}
+
+
+@dataclass
+class Stream:
+    """The tokens of one sample (all 1-D over the sample's L tokens, except ``pos``: (3, L))."""
+
+    ids: torch.Tensor
+    modality: torch.Tensor
+    pos: torch.Tensor
+    span: torch.Tensor
+    bidir: torch.Tensor
+    labels: torch.Tensor
+    loss_weight: torch.Tensor
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (n, D), stream order
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class StreamBuilder:
+    """Turns samples into :class:`Stream` objects with one fixed vocabulary.
+
+    ``loss_weights`` maps tokenizer names to the weight of the loss on their label tokens
+    (markers and specials use ``"special"``, default 1.0).
+    """
+
+    def __init__(self, tokenizers: Sequence[ModalityTokenizer], loss_weights: dict[str, float] | None = None):
+        self.vocab = Vocabulary(tokenizers)
+        self.loss_weights = dict(loss_weights or {})
+        unknown = set(self.loss_weights) - set(self.vocab.index) - {"special"}
+        if unknown:
+            raise ValueError(f"loss_weights name unknown tokenizers {sorted(unknown)}")
+
+    @property
+    def tokenizers(self) -> list[ModalityTokenizer]:
+        return self.vocab.tokenizers
+
+    def num_tokens(self, sample: Iterable) -> int:
+        """Stream length of ``sample`` from the tokenizers' cheap counts (headers, not pixels)."""
+        n = 2  # <bos> ... <eos>
+        for seg in to_segments(sample):
+            tok = self.vocab.tokenizer_for(seg)
+            n += tok.num_tokens(seg) + (2 if tok.modality != "text" else 0)
+        return n
+
+    def build(self, sample: Iterable, add_eos: bool = True) -> Stream:
+        """Encode every segment and lay the tokens out. ``add_eos=False`` builds a prompt."""
+        v = self.vocab
+        segs = to_segments(sample)
+        has_target = any(s.role == "target" for s in segs)
+        ids: list[torch.Tensor] = [torch.tensor([v.bos])]
+        mods = [torch.tensor([v.special_modality])]
+        train = [torch.tensor([False])]  # may this token be a label?
+        pos: list[torch.Tensor] = [torch.zeros(3, 1, dtype=torch.long)]
+        span = [torch.tensor([0])]
+        bidir = [torch.tensor([False])]
+        vectors: dict[str, list[torch.Tensor]] = {}
+        cursor, n_span = 1, 0
+
+        def add_seq(block_ids: torch.Tensor, mod: int, trainable: bool):
+            nonlocal cursor
+            n = block_ids.shape[0]
+            ids.append(block_ids)
+            mods.append(torch.full((n,), mod))
+            train.append(torch.full((n,), trainable))
+            pos.append((torch.arange(n) + cursor).expand(3, n))
+            span.append(torch.zeros(n, dtype=torch.long))
+            bidir.append(torch.zeros(n, dtype=torch.bool))
+            cursor += n
+
+        for seg in segs:
+            tok = v.tokenizer_for(seg)
+            k = v.index[tok.name]
+            trainable = seg.role == "target" or not has_target
+            block = tok.encode(seg)
+            if block.is_discrete:
+                bad = (block.ids < 0) | (block.ids >= tok.vocab_size)
+                if bad.any():
+                    raise ValueError(f"tokenizer {tok.name!r} emitted ids outside [0, {tok.vocab_size})")
+            if tok.modality == "text":
+                add_seq(block.ids + v.offset[tok.name], k, trainable)
+                continue
+            add_seq(torch.tensor([v.begin[tok.name]]), v.special_modality, trainable)
+            n = len(block)
+            if block.is_discrete:
+                ids.append(block.ids + v.offset[tok.name])
+            else:
+                ids.append(torch.full((n,), v.pad))
+                vectors.setdefault(tok.name, []).append(block.vectors.float())
+            mods.append(torch.full((n,), k))
+            train.append(torch.full((n,), trainable and block.is_discrete))
+            if block.grid is None:
+                p = (torch.arange(n) + cursor).expand(3, n)
+                cursor += n
+            else:  # Qwen2-VL: (t, h, w) offsets from the cursor; then jump past the largest side
+                t, h, w = block.grid
+                grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
+                                                  indexing="ij")).reshape(3, n)
+                p = grid + cursor
+                cursor += max(t, h, w)
+            pos.append(p)
+            n_span += 1
+            span.append(torch.full((n,), n_span))
+            bidir.append(torch.full((n,), bool(tok.bidirectional)))
+            add_seq(torch.tensor([v.end[tok.name]]), v.special_modality, trainable)
+        if add_eos:
+            last_trainable = (segs[-1].role == "target" or not has_target) if segs else True
+            add_seq(torch.tensor([v.eos]), v.special_modality, last_trainable)
+
+        ids_t = torch.cat(ids)
+        mod_t = torch.cat(mods)
+        train_t = torch.cat(train)
+        labels = torch.full_like(ids_t, IGNORE)
+        labels[:-1] = torch.where(train_t[1:], ids_t[1:], torch.full_like(ids_t[1:], IGNORE))
+        weights = torch.ones(len(ids_t))
+        if self.loss_weights:
+            names = [t.name for t in v.tokenizers] + ["special"]
+            table = torch.tensor([self.loss_weights.get(n, 1.0) for n in names])
+            weights[:-1] = table[mod_t[1:]]
+        return Stream(
+            ids=ids_t, modality=mod_t, pos=torch.cat(pos, dim=1).contiguous(), span=torch.cat(span),
+            bidir=torch.cat(bidir), labels=labels, loss_weight=weights,
+            vectors={k: torch.cat(vs) for k, vs in vectors.items()},
+        )
