@@ -31,6 +31,7 @@ class Batch:
     loss_weight: torch.Tensor
     index: torch.Tensor  # (B, T) 1D position inside the sample (plain RoPE)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: int = 0  # samples the loader dropped for this batch (bad media, too long)
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,1 @@
+"""Training on Lightning: a thin LightningModule, a LightningDataModule and the CLI."""
