@@ -43,15 +43,14 @@ def _left_pad(streams, pad_id: int) -> Batch:
     for r, s in enumerate(streams):  # move each row's tokens to the right end
         shift = T - len(s)
         if shift:
-            for name in ("ids", "modality", "doc", "span", "bidir", "labels", "loss_weight", "index"):
+            for name in ("ids", "modality", "doc", "span", "bidir", "labels", "loss_weight", "index", "pos", "grid"):
                 t = getattr(b, name)
                 t[r] = torch.roll(t[r], shift, dims=-1)
-            b.pos[r] = torch.roll(b.pos[r], shift, dims=-1)
     return b
 
 
 def _cat(a: Batch, b: Batch) -> Batch:
-    names = ("ids", "modality", "pos", "doc", "span", "bidir", "labels", "loss_weight", "index")
+    names = ("ids", "modality", "pos", "doc", "span", "bidir", "labels", "loss_weight", "index", "grid")
     kw = {n: torch.cat([getattr(a, n), getattr(b, n)], dim=-1) for n in names}
     return Batch(**kw, vectors=a.vectors)
 
@@ -179,7 +178,7 @@ def generate(model: "AnyModal", prompt: Any, max_new_tokens: int = 64, temperatu
             span=torch.zeros(B, 1, dtype=torch.long, device=device),
             bidir=torch.zeros(B, 1, dtype=torch.bool, device=device),
             labels=torch.full((B, 1), -100, device=device), loss_weight=torch.zeros(B, 1, device=device),
-            index=index[:, None].clone(),
+            index=index[:, None].clone(), grid=torch.zeros(B, 3, 1, dtype=torch.long, device=device),
         )
         cursor, index = cursor + 1, index + 1
         if bool(done.all()):

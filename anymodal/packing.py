@@ -30,6 +30,7 @@ class Batch:
     labels: torch.Tensor
     loss_weight: torch.Tensor
     index: torch.Tensor  # (B, T) 1D position inside the sample (plain RoPE)
+    grid: torch.Tensor  # (B, 3, T) (t, h, w) inside a media span (learned media positions)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: int = 0  # samples the loader dropped for this batch (bad media, too long)
 
@@ -78,6 +79,7 @@ def collate_rows(streams: Sequence[Stream], rows: Sequence[Sequence[int]], seq_l
     labels = torch.full((B, seq_len), IGNORE, dtype=torch.long)
     loss_weight = torch.zeros((B, seq_len))
     index = torch.zeros((B, seq_len), dtype=torch.long)
+    grid = torch.zeros((B, 3, seq_len), dtype=torch.long)
     vectors: dict[str, list[torch.Tensor]] = {}
     pad_mod = None
     for r, row in enumerate(rows):
@@ -98,13 +100,14 @@ def collate_rows(streams: Sequence[Stream], rows: Sequence[Sequence[int]], seq_l
             labels[r, sl] = s.labels
             loss_weight[r, sl] = s.loss_weight
             index[r, sl] = torch.arange(n)
+            grid[r, :, sl] = s.grid
             for k, v in s.vectors.items():
                 vectors.setdefault(k, []).append(v)
             at += n
             pad_mod = int(s.modality[0])  # <bos> carries the special modality
     if pad_mod is not None:
         modality[doc < 0] = pad_mod
-    return Batch(ids, modality, pos, doc, span, bidir, labels, loss_weight, index,
+    return Batch(ids, modality, pos, doc, span, bidir, labels, loss_weight, index, grid,
                  {k: torch.cat(v) for k, v in vectors.items()})
 
 

@@ -129,6 +129,7 @@ class Stream:
     bidir: torch.Tensor
     labels: torch.Tensor
     loss_weight: torch.Tensor
+    grid: torch.Tensor  # (3, L) (t, h, w) inside the token's media span; 0 outside spans
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (n, D), stream order
 
     def __len__(self) -> int:
@@ -170,6 +171,7 @@ class StreamBuilder:
         mods = [torch.tensor([v.special_modality])]
         train = [torch.tensor([False])]  # may this token be a label?
         pos: list[torch.Tensor] = [torch.zeros(3, 1, dtype=torch.long)]
+        local: list[torch.Tensor] = [torch.zeros(3, 1, dtype=torch.long)]
         span = [torch.tensor([0])]
         bidir = [torch.tensor([False])]
         vectors: dict[str, list[torch.Tensor]] = {}
@@ -182,6 +184,7 @@ class StreamBuilder:
             mods.append(torch.full((n,), mod))
             train.append(torch.full((n,), trainable))
             pos.append((torch.arange(n) + cursor).expand(3, n))
+            local.append(torch.zeros(3, n, dtype=torch.long))
             span.append(torch.zeros(n, dtype=torch.long))
             bidir.append(torch.zeros(n, dtype=torch.bool))
             cursor += n
@@ -207,16 +210,17 @@ class StreamBuilder:
                 vectors.setdefault(tok.name, []).append(block.vectors.float())
             mods.append(torch.full((n,), k))
             train.append(torch.full((n,), trainable and block.is_discrete))
-            if block.grid is None:
+            t, h, w = block.grid if block.grid is not None else (n, 1, 1)
+            grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
+                                              indexing="ij")).reshape(3, n)
+            if block.grid is None:  # a sequence: advances all three axes like text
                 p = (torch.arange(n) + cursor).expand(3, n)
                 cursor += n
             else:  # Qwen2-VL: (t, h, w) offsets from the cursor; then jump past the largest side
-                t, h, w = block.grid
-                grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
-                                                  indexing="ij")).reshape(3, n)
                 p = grid + cursor
                 cursor += max(t, h, w)
             pos.append(p)
+            local.append(grid)
             n_span += 1
             span.append(torch.full((n,), n_span))
             bidir.append(torch.full((n,), bool(tok.bidirectional)))
@@ -237,6 +241,6 @@ class StreamBuilder:
             weights[:-1] = table[mod_t[1:]]
         return Stream(
             ids=ids_t, modality=mod_t, pos=torch.cat(pos, dim=1).contiguous(), span=torch.cat(span),
-            bidir=torch.cat(bidir), labels=labels, loss_weight=weights,
+            bidir=torch.cat(bidir), labels=labels, loss_weight=weights, grid=torch.cat(local, dim=1),
             vectors={k: torch.cat(vs) for k, vs in vectors.items()},
         )

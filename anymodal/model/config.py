@@ -15,6 +15,8 @@ class ModelConfig:
     - ``rope``: ``"mrope"`` (3D rotary over (t, h, w), Qwen2-VL) or ``"rope"`` (1D over the index
       in the sample). On text-only input the two are identical.
     - ``qk_norm``: RMSNorm on queries and keys (Chameleon: early fusion diverges without it).
+    - ``media_pos_embed``: learned embeddings of a media token's (t, h, w) inside its span, added
+      at the input (factorised, NaViT); ``max_grid`` bounds each coordinate.
     - ``z_loss``: weight of ``logsumexp(logits)**2`` (PaLM, Chameleon) to keep logits bounded.
     - ``attention``: backend name, see :mod:`anymodal.model.attention`.
     """
@@ -29,6 +31,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     mrope_sections: list[int] | None = None
     qk_norm: bool = True
+    media_pos_embed: bool = True
+    max_grid: int = 64
     z_loss: float = 0.0
     attention: str = "auto"
     tie_embeddings: bool = False
@@ -75,7 +79,8 @@ class ModelConfig:
         per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
         head = 0 if self.tie_embeddings else V * d
         proj = sum(n * d + d for n in self.continuous_inputs.values())
-        return V * d + L * per_layer + d + head + proj
+        grid = 3 * self.max_grid * d if self.media_pos_embed else 0
+        return V * d + L * per_layer + d + head + proj + grid
 
 
 def debug(**kw) -> ModelConfig:

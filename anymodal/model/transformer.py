@@ -157,6 +157,9 @@ class AnyModalTransformer(nn.Module):
         self.continuous_modality = dict(continuous_modality or {})
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.input_proj = nn.ModuleDict({_key(n): nn.Linear(d, cfg.dim) for n, d in cfg.continuous_inputs.items()})
+        # factorised learned (t, h, w) embeddings of media tokens (NaViT): RoPE alone only gives
+        # relative offsets, and a small model learns "where in the image" far faster with these
+        self.grid_embed = nn.Parameter(torch.zeros(3, cfg.max_grid, cfg.dim)) if cfg.media_pos_embed else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -173,9 +176,12 @@ class AnyModalTransformer(nn.Module):
                 nn.init.normal_(p, 0.0, s)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+        if self.grid_embed is not None:
+            nn.init.normal_(self.grid_embed, 0.0, std)
 
-    def embed_inputs(self, ids: torch.Tensor, modality: torch.Tensor, vectors: dict[str, torch.Tensor]):
-        """(B, T) ids + continuous vectors -> (B, T, D) embeddings."""
+    def embed_inputs(self, ids: torch.Tensor, modality: torch.Tensor, vectors: dict[str, torch.Tensor],
+                     span: torch.Tensor | None = None, grid: torch.Tensor | None = None):
+        """(B, T) ids + continuous vectors (+ media grid coordinates) -> (B, T, D) embeddings."""
         h = self.embed(ids)  # (B, T, D); continuous positions hold <pad> and are overwritten
         for name, vec in vectors.items():
             if name not in self.continuous_modality:
@@ -185,12 +191,18 @@ class AnyModalTransformer(nn.Module):
                 raise ValueError(f"{name}: {int(where.sum())} positions but {vec.shape[0]} vectors")
             proj = self.input_proj[_key(name)](vec.to(h.dtype))  # (N, D)
             h = h.reshape(-1, h.shape[-1]).index_put((where.nonzero().squeeze(1),), proj).view_as(h)
+        if self.grid_embed is not None and grid is not None:
+            if int(grid.max()) >= self.cfg.max_grid:
+                raise ValueError(f"a media grid coordinate is {int(grid.max())} >= max_grid={self.cfg.max_grid}")
+            g = self.grid_embed
+            add = g[0][grid[:, 0]] + g[1][grid[:, 1]] + g[2][grid[:, 2]]  # (B, T, D)
+            h = h + add * (span > 0).unsqueeze(-1).to(h.dtype)
         return h
 
     def forward(self, batch, cache: KVCache | None = None, backend: str | None = None,
                 return_hidden: bool = False) -> torch.Tensor:
         backend = resolve_backend(backend or self.cfg.attention, batch.ids.device, self.training)
-        h = self.embed_inputs(batch.ids, batch.modality, batch.vectors)  # (B, T, D)
+        h = self.embed_inputs(batch.ids, batch.modality, batch.vectors, batch.span, batch.grid)  # (B, T, D)
         cos, sin = rotary_cos_sin(batch.pos, batch.index, self.cfg)
         if cache is not None:
             mask = cache.extend_mask(batch.doc, batch.span, batch.bidir)

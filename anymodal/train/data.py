@@ -60,8 +60,8 @@ class PackCollate:
         skipped = len(items) - len(streams)
         if not streams:
             z = torch.zeros((0, self.seq_len), dtype=torch.long)
-            return Batch(z, z, torch.zeros((0, 3, self.seq_len), dtype=torch.long), z, z, z.bool(), z,
-                         z.float(), z, {}, skipped)
+            z3 = torch.zeros((0, 3, self.seq_len), dtype=torch.long)
+            return Batch(z, z, z3, z, z, z.bool(), z, z.float(), z, z3, {}, skipped)
         b = pack(streams, self.seq_len, self.pad_id)
         b.skipped = skipped
         return b

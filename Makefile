@@ -1,0 +1,45 @@
+# `make test` and `make demo` each create .venv and install what is missing (idempotent: a stamp
+# file records the install; it is redone only when pyproject.toml or constraints.txt change).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.anymodal-installed
+EXTRAS ?= dev,video
+PYTEST_ARGS ?=
+RUN ?= runs/demo
+
+.PHONY: install test test-fast demo bench docs lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --upgrade pip
+	@# torch first, from the pinned tested set (pip takes it from the machine's wheel store when there)
+	$(PIP) install -q -c constraints.txt torch torchvision torchaudio
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+
+# synthesize -> train -> export -> held-out accuracy (chance beside it) -> one interleaved answer
+demo: install
+	@start=$$(date +%s); \
+	$(BIN)/anymodal fit --config recipes/demo.yaml && \
+	$(BIN)/anymodal export --ckpt $(RUN)/checkpoints/last.ckpt --out $(RUN)/export && \
+	$(BIN)/anymodal eval --model $(RUN)/export --manifest $(RUN)/data/test.jsonl --out $(RUN)/eval --quiet && \
+	$(PY) examples/interleaved_inference.py $(RUN)/export $(RUN)/data && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; checkpoint, logs and report under $(RUN)/"
+
+lock: install
+	@(echo "# The tested set (x86-64 Linux, Python 3.11). Regenerate: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -v '^anymodal') > constraints.txt
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

@@ -1,0 +1,37 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small synthetic suite on disk (real PNG files + manifests), shared by the session."""
+    from anymodal.data import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, SynthConfig(train_per_task=40, val_per_task=5, test_per_task=10, image_size=32))
+    return root
+
+
+@pytest.fixture
+def png(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "red.png"
+    Image.new("RGB", (40, 24), (255, 0, 0)).save(p)
+    return p
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run the real `anymodal` console script in a subprocess."""
+    import subprocess
+
+    exe = Path(sys.executable).parent / "anymodal"
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
