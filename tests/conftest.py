@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one thread per test process: `make test` runs two xdist workers on the 2 cores
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,10 +29,10 @@ def png(tmp_path):
     return p
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    """Run the real `anymodal` console script in a subprocess."""
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    """Run the real `anymodal` console script in a subprocess (``env`` adds variables)."""
     import subprocess
 
     exe = Path(sys.executable).parent / "anymodal"
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})

@@ -8,7 +8,7 @@ from anymodal.tokenizers import get_tokenizer_class, list_tokenizers
 from anymodal.tokenizers.registry import _REGISTRY
 
 # options and a sample input for tokenizers that need them
-NEEDS_OPTIONS = {"text.hf": None}
+NEEDS_OPTIONS = {"text.hf": None, "image.encoder": None}  # image.encoder: tests/test_image_encoder.py
 
 
 def _example(tok):
@@ -16,6 +16,10 @@ def _example(tok):
         return am.Text("héllo, world")
     if tok.modality == "image":
         return am.Image(torch.rand(3, 30, 50))
+    if tok.modality == "video":  # (T, C, H, W) clip; files are covered in tests/test_media_video.py
+        return am.Video(torch.rand(6, 3, 32, 48))
+    if tok.modality == "audio":  # 0.5 s of 8 kHz stereo noise; files: tests/test_media_audio.py
+        return am.Audio(torch.randn(2, 4000) * 0.1, sample_rate=8000)
     pytest.skip(f"no example input for modality {tok.modality!r} yet")
 
 

@@ -1,13 +1,21 @@
 """Media decoding: file, bytes or tensor in; tensor out; ``MediaError`` naming the input on failure.
 
-One module per medium (``image.py``; video and audio join them). Every decoder enforces the
-limits in :class:`MediaLimits` before it spends memory on the input.
+One module per medium (``image.py``, ``video.py``, ``audio.py``). Every decoder enforces the
+limits in :class:`MediaLimits` before it spends memory on the input; ``safe.py`` sniffs what a
+file really is and can run crash-prone native decoders in a worker process (``isolate=True``).
+Native libraries (PIL, decord, PyAV, soundfile, torchaudio) are imported on first use.
 """
 
 from anymodal.media.limits import MediaLimits
 from anymodal.media.image import image_size, load_image, save_image
+from anymodal.media.audio import AudioInfo, audio_info, load_audio, save_audio
+from anymodal.media.safe import safe_decode
+from anymodal.media.video import VideoInfo, load_video, read_frames, sample_indices, video_info
 
-__all__ = ["MediaLimits", "image_size", "load_image", "save_image", "save_media"]
+__all__ = [
+    "AudioInfo", "MediaLimits", "VideoInfo", "audio_info", "image_size", "load_audio", "load_image", "load_video",
+    "read_frames", "safe_decode", "sample_indices", "save_audio", "save_image", "save_media", "video_info",
+]
 
 
 def save_media(segment, path):

@@ -57,13 +57,17 @@ def _open(source: Any, name: str, limits: MediaLimits):
     return img
 
 
+def _source_name(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
+
+
 def image_size(source: Any, name: str | None = None, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[int, int]:
     """(height, width) read from the header only: no pixel is decoded."""
     if isinstance(source, torch.Tensor):
         return int(source.shape[-2]), int(source.shape[-1])
     if hasattr(source, "size") and hasattr(source, "mode"):  # PIL image
         return source.size[1], source.size[0]
-    img = _open(source, name or str(source), limits)
+    img = _open(source, name or _source_name(source), limits)
     w, h = img.size
     img.close()
     return h, w
@@ -75,7 +79,7 @@ def load_image(source: Any, name: str | None = None, limits: MediaLimits = DEFAU
     ``source``: a path, bytes, a PIL image or a tensor ((3|1, H, W) float in [0, 1] or uint8).
     Raises :class:`MediaError` naming ``name`` (default: the path) on any failure.
     """
-    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>")
+    name = name or _source_name(source)
     if isinstance(source, torch.Tensor):
         t = source
         if t.dim() != 3 or t.shape[0] not in (1, 3, 4):

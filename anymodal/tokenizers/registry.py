@@ -20,6 +20,8 @@ _BUILTIN_MODULES = (
     "anymodal.tokenizers.text_bytes",
     "anymodal.tokenizers.text_hf",
     "anymodal.tokenizers.image_patch",
+    "anymodal.tokenizers.video_tubelet",
+    "anymodal.tokenizers.audio_mel",
 )
 _REGISTRY: dict[str, type[ModalityTokenizer]] = {}
 _loaded = False

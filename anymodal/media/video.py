@@ -1,0 +1,542 @@
+"""Video decoding: read the container header, choose the frames, decode only those.
+
+The order matters for cost. :func:`video_info` reads the header (frame count, fps, size,
+duration; no pixel is decoded) and checks :class:`MediaLimits`; :func:`sample_indices` picks
+frame indices from those numbers alone (so a tokenizer's ``num_tokens`` is exact without
+decoding); :func:`read_frames` decodes just those indices; :func:`load_video` does all three::
+
+    frames = load_video("clip.mp4", num_frames=8)          # (8, 3, H, W) float32 in [0, 1]
+    frames = load_video("clip.mp4", fps=2.0)               # 2 frames per second of video
+    info = video_info("clip.mp4")                          # VideoInfo(num_frames=16, fps=8.0, ...)
+
+Backends (``backend=``): ``"decord"`` (default: ships its own FFmpeg, ``get_batch`` seeks to
+the keyframe before each wanted frame), ``"pyav"`` (fallback; we seek with a keyframe index and
+convert to RGB only the wanted frames) and ``"torchcodec"`` (only when it imports, i.e. a
+system FFmpeg is present). ``"auto"`` tries the importable ones in that order and falls back to
+the next when one fails on a file: decord 0.6 fails on some frame widths (24 or 48 pixels:
+"DECORDArrayCopyFromTo: The size must exactly match"; it hands out 4 bytes per pixel there),
+which PyAV decodes fine. Naming a backend disables the fallback. The header
+is read with PyAV when it is installed, whatever the decoding backend: it is a header read,
+while decord's constructor scans every packet.
+
+Inter-frame codecs (H.264, MPEG-4, VP9) cannot decode frame *i* without the frames since the
+previous keyframe, so "only the sampled frames" means: only the groups of pictures that hold a
+sampled frame are decoded, each only up to its last sampled frame, and only sampled frames are
+converted to RGB. ``benchmarks/bench_media.py`` measures this against decoding everything.
+
+Bad input (missing, empty, a PNG renamed ``.mp4``, truncated, corrupt, over a limit) raises
+:class:`anymodal.MediaError` naming the input. The default path is in-process with the header
+checked first; ``isolate=True`` runs probe and decode in a worker process
+(:mod:`anymodal.media.safe`) so that a native crash becomes a ``MediaError`` instead of killing
+the caller: use it for data you did not produce.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from anymodal.errors import MediaError
+from anymodal.media.limits import DEFAULT_LIMITS, MediaLimits
+from anymodal.media.safe import check_source, safe_decode, short_reason
+
+BACKENDS = ("decord", "pyav", "torchcodec")
+SAMPLING = ("uniform", "random")
+#: PyAV/FFmpeg demuxer names accepted as video containers (FFmpeg reports aliases joined by ",",
+#: e.g. "mov,mp4,m4a,3gp,3g2,mj2"). Image demuxers (png_pipe, image2, ...) are not here: a
+#: still image renamed .mp4 is refused instead of being read as a one-frame video.
+VIDEO_FORMATS = frozenset({
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "mpeg", "flv",
+    "ogg", "asf", "h264", "hevc", "m4v", "mpegvideo", "ivf", "nut", "dv", "mxf", "yuv4mpegpipe",
+})
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container header says about the first video stream (no pixel decoded).
+
+    ``exact`` is False when the container has no frame count (Matroska/WebM) and
+    ``num_frames`` was estimated as ``round(duration * fps)``.
+    """
+
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    duration: float
+    exact: bool = True
+    format: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+@lru_cache(maxsize=None)
+def _importable(backend: str) -> bool:
+    try:
+        if backend == "decord":
+            import decord  # noqa: F401
+        elif backend == "pyav":
+            import av  # noqa: F401
+        elif backend == "torchcodec":
+            # raises RuntimeError/OSError (not ImportError) when no system FFmpeg libraries load
+            import torchcodec.decoders  # noqa: F401
+        else:
+            return False
+    except Exception:  # noqa: BLE001 - any failure to load means "not available"
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """Video backends that import here, in preference order (subset of :data:`BACKENDS`)."""
+    return [b for b in BACKENDS if _importable(b)]
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``"auto"`` -> the first available backend; otherwise check that ``backend`` is usable."""
+    if backend == "auto":
+        avail = available_backends()
+        if not avail:
+            raise ImportError("no video backend installed: pip install 'anymodal[video]' (decord, av)")
+        return avail[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose from {('auto',) + BACKENDS}")
+    if not _importable(backend):
+        hint = " (needs FFmpeg libraries on the system)" if backend == "torchcodec" else ""
+        raise ImportError(f"video backend {backend!r} is not available{hint}; available: {available_backends()}")
+    return backend
+
+
+def backend_chain(backend: str = "auto") -> list[str]:
+    """Backends to try in order: every available one for ``"auto"``, else just ``backend``."""
+    if backend == "auto":
+        resolve_backend("auto")  # raises ImportError when none is installed
+        return available_backends()
+    return [resolve_backend(backend)]
+
+
+def _name(source: Any, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def _file(source: Any):
+    """What the native libraries open: a path string, or a file object over bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    return str(source)
+
+
+def _check_tensor(frames: torch.Tensor, name: str, limits: MediaLimits) -> torch.Tensor:
+    if frames.dim() != 4 or frames.shape[1] not in (1, 3):
+        raise MediaError(name, f"video tensor must be (T, C, H, W) with C in 1/3, got {tuple(frames.shape)}")
+    t, _, h, w = frames.shape
+    if t == 0 or h == 0 or w == 0:
+        raise MediaError(name, f"video tensor is empty: {tuple(frames.shape)}")
+    if limits.max_pixels and h * w > limits.max_pixels:
+        raise MediaError(name, f"frames are {w}x{h} = {h * w} pixels, over the limit of {limits.max_pixels}")
+    return frames
+
+
+def _check_info(info: VideoInfo, name: str, limits: MediaLimits) -> VideoInfo:
+    if info.width <= 0 or info.height <= 0:
+        raise MediaError(name, f"header gives no frame size ({info.width}x{info.height})")
+    if info.num_frames <= 0:
+        raise MediaError(name, "header declares no frames (empty or broken video)")
+    if limits.max_pixels and info.width * info.height > limits.max_pixels:
+        raise MediaError(name, f"frames are {info.width}x{info.height} = {info.width * info.height} pixels, "
+                               f"over the limit of {limits.max_pixels}")
+    if limits.max_seconds and info.duration > limits.max_seconds:
+        raise MediaError(name, f"video lasts {info.duration:.1f} s, over the limit of {limits.max_seconds:g} s")
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# header
+
+
+def _open_av(source: Any, name: str):
+    import av
+
+    try:
+        return av.open(_file(source), mode="r", metadata_errors="ignore")
+    except Exception as e:  # noqa: BLE001 - FFmpeg's InvalidDataError, EOFError, OSError, ...
+        raise MediaError(name, f"not a readable video container ({short_reason(e)})") from None
+
+
+def _probe_pyav(source: Any, name: str) -> VideoInfo:
+    container = _open_av(source, name)
+    try:
+        fmt = container.format.name
+        if not set(fmt.split(",")) & VIDEO_FORMATS:
+            raise MediaError(name, f"container format {fmt!r} is not a video format")
+        if not container.streams.video:
+            raise MediaError(name, f"{fmt.split(',')[0]} container has no video stream")
+        s = container.streams.video[0]
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps = float(rate) if rate else 0.0
+        if s.duration and s.time_base:
+            duration = float(s.duration * s.time_base)
+        else:
+            duration = container.duration / 1e6 if container.duration else 0.0
+        n, exact = int(s.frames or 0), True
+        if n <= 0:  # Matroska/WebM/some TS: no frame count in the header
+            n, exact = int(round(duration * fps)), False
+        if fps <= 0 and duration > 0:
+            fps = n / duration
+        if fps > 0:
+            # The longer of the two declared lengths: a header whose frame timing (stts) says
+            # "32 frames of 36 hours each" while the edit list says 4 s is not a 4 s video.
+            duration = max(duration, n / fps)
+        cc = s.codec_context
+        return VideoInfo(n, fps, int(cc.height or 0), int(cc.width or 0), duration, exact, fmt)
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise MediaError(name, f"cannot read the video header ({short_reason(e)})") from None
+    finally:
+        container.close()
+
+
+def _probe_decord(source: Any, name: str) -> VideoInfo:
+    import decord
+
+    try:
+        vr = decord.VideoReader(_file(source), ctx=decord.cpu(0), num_threads=1)
+        n, fps = len(vr), float(vr.get_avg_fps())
+        # decord exposes no frame size without decoding: decode frame 0 (PyAV, when present,
+        # reads it from the header instead).
+        h, w = vr[0].shape[:2] if n else (0, 0)
+    except Exception as e:  # noqa: BLE001
+        raise MediaError(name, f"not a readable video ({short_reason(e)})") from None
+    return VideoInfo(n, fps, int(h), int(w), n / fps if fps > 0 else 0.0, True, "decord")
+
+
+def _probe_torchcodec(source: Any, name: str) -> VideoInfo:
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        src = str(source) if isinstance(source, (str, os.PathLike)) else bytes(source)
+        md = VideoDecoder(src, seek_mode="approximate").metadata  # header only, no scan
+        n, fps = int(md.num_frames or 0), float(md.average_fps or 0.0)
+        duration = float(md.duration_seconds or (n / fps if fps else 0.0))
+        return VideoInfo(n, fps, int(md.height or 0), int(md.width or 0), duration, True, str(md.codec))
+    except Exception as e:  # noqa: BLE001
+        raise MediaError(name, f"not a readable video ({short_reason(e)})") from None
+
+
+def _probe(source: Any, name: str, limits: MediaLimits, backend: str) -> VideoInfo:
+    check_source(source, name, limits.max_bytes, "video")
+    probe = {"decord": _probe_decord, "pyav": _probe_pyav, "torchcodec": _probe_torchcodec}[backend]
+    return _check_info(probe(source, name), name, limits)
+
+
+def video_info(
+    source: Any,
+    name: str | None = None,
+    *,
+    limits: MediaLimits = DEFAULT_LIMITS,
+    backend: str = "auto",
+    video_fps: float | None = None,
+    isolate: bool = False,
+    timeout: float = 60.0,
+) -> VideoInfo:
+    """Frame count, fps, size and duration from the container header; no pixel is decoded.
+
+    ``source``: a path, bytes, or a (T, C, H, W) tensor (then ``video_fps`` gives its rate, if
+    known). ``backend="auto"`` reads the header with PyAV when installed (a pure header read),
+    else with the decoding backend (decord decodes frame 0 to learn the size). Checks
+    ``limits`` (bytes, pixels per frame, seconds) and raises :class:`MediaError` naming the input.
+
+    >>> video_info("clip.mp4")  # doctest: +SKIP
+    VideoInfo(num_frames=16, fps=8.0, height=32, width=32, duration=2.0, exact=True, format='mov,mp4,...')
+    """
+    name = _name(source, name)
+    if isinstance(source, torch.Tensor):
+        t, _, h, w = _check_tensor(source, name, limits).shape
+        fps = float(video_fps or 0.0)
+        return _check_info(VideoInfo(t, fps, h, w, t / fps if fps else 0.0, True, "tensor"), name, limits)
+    if backend == "auto":
+        backend = "pyav" if _importable("pyav") else resolve_backend("auto")
+    else:
+        backend = resolve_backend(backend)
+    if isolate:
+        return safe_decode(_probe, source, name, limits, backend, name=name, timeout=timeout)
+    return _probe(source, name, limits, backend)
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+def sample_indices(
+    total: int,
+    *,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    video_fps: float | None = None,
+    sampling: str = "uniform",
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Frame indices to decode from a video of ``total`` frames, in increasing order.
+
+    - ``num_frames=n``: ``min(n, total)`` frames;
+    - ``fps=f``: ``round(total / video_fps * f)`` frames (at least 1, at most ``total``);
+    - neither: every frame.
+
+    The clip is cut into that many equal segments; ``sampling="uniform"`` takes each segment's
+    centre frame, ``"random"`` a random frame inside each segment (TSN, Wang et al. 2016: random
+    per segment keeps the order and the coverage of the whole clip, for training). The count
+    depends only on the header numbers, so token budgets can be computed without decoding.
+
+    >>> sample_indices(16, num_frames=4)
+    [2, 6, 10, 14]
+    """
+    if total <= 0:
+        raise ValueError(f"a video needs at least one frame, got total={total}")
+    if num_frames is not None and fps is not None:
+        raise ValueError("give num_frames or fps, not both")
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if not video_fps or video_fps <= 0:
+            raise ValueError("sampling by fps needs the video's own frame rate (unknown here)")
+        n = max(1, min(total, round(total / video_fps * fps)))
+    elif num_frames is not None:
+        if num_frames <= 0:
+            raise ValueError(f"num_frames must be > 0, got {num_frames}")
+        n = min(num_frames, total)
+    else:
+        return list(range(total))
+    if sampling == "uniform":
+        return [((2 * i + 1) * total) // (2 * n) for i in range(n)]
+    bounds = [(i * total) // n for i in range(n + 1)]
+    return [lo + int(torch.randint(hi - lo, (1,), generator=generator)) for lo, hi in zip(bounds, bounds[1:])]
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+
+
+def _read_decord(source: Any, wanted: list[int], threads: int, stats: dict) -> tuple[dict, int]:
+    import decord
+
+    vr = decord.VideoReader(_file(source), ctx=decord.cpu(0), num_threads=threads)
+    n = len(vr)
+    ok = [i for i in wanted if i < n]
+    arr = vr.get_batch(ok).asnumpy() if ok else np.empty((0,))
+    stats["converted"] = len(ok)
+    return dict(zip(ok, arr)), n
+
+
+def _keyframes(container, stream, start: int, pts_per_frame: Fraction) -> list[int]:
+    """Indices of the keyframes, from the packets alone (demuxing, no decoding)."""
+    keys = []
+    for pkt in container.demux(stream):
+        if pkt.is_keyframe and pkt.pts is not None:
+            keys.append(round((pkt.pts - start) / pts_per_frame))
+    return sorted(set(keys)) or [0]
+
+
+def _read_pyav(source: Any, wanted: list[int], name: str, threads: int, stats: dict) -> tuple[dict, int]:
+    container = _open_av(source, name)
+    try:
+        s = container.streams.video[0]
+        s.thread_type = "AUTO"
+        if threads:
+            s.thread_count = threads
+        rate, tb = s.average_rate or s.guessed_rate, s.time_base
+        start = s.start_time if s.start_time is not None else 0
+        got: dict[int, np.ndarray] = {}
+        decoded = 0
+        want = set(wanted)
+        last = -1  # index of the last frame decoded
+        if rate and tb:
+            # Constant-frame-rate timing: frame i is shown at start + i * pts_per_frame. Seek to
+            # the keyframe before a wanted frame only when that keyframe lies past what we have
+            # decoded already (seeking back into the current group of pictures would decode it
+            # twice), then decode forward up to the wanted frame.
+            pts_per_frame = 1 / (Fraction(rate) * Fraction(tb))
+            keys = _keyframes(container, s, start, pts_per_frame)
+            frames = None
+            for target in wanted:
+                if target in got:
+                    continue
+                key = keys[max(0, bisect.bisect_right(keys, target) - 1)]
+                if frames is None or key > last:
+                    container.seek(start + int(key * pts_per_frame), stream=s, backward=True, any_frame=False)
+                    frames = container.decode(s)
+                for frame in frames:
+                    decoded += 1
+                    last = round((frame.pts - start) / pts_per_frame) if frame.pts is not None else last + 1
+                    if last in want and last not in got:
+                        got[last] = frame.to_ndarray(format="rgb24")
+                    if last >= target:
+                        break
+                else:
+                    break  # end of stream
+        missing = [i for i in wanted if i not in got]
+        if missing:
+            # No timing, or a seek that landed past its target: one sequential pass from the
+            # start, counting frames (what decord's index does too).
+            container.seek(start, stream=s, backward=True, any_frame=False)
+            want_rest, stop = set(missing), max(missing)
+            for i, frame in enumerate(container.decode(s)):
+                decoded += 1
+                last = i
+                if i in want_rest and i not in got:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= stop:
+                    break
+        stats["decoded"], stats["converted"] = decoded, len(got)
+        return got, last + 1
+    finally:
+        container.close()
+
+
+def _read_torchcodec(source: Any, wanted: list[int], threads: int, stats: dict) -> tuple[dict, int]:
+    from torchcodec.decoders import VideoDecoder
+
+    src = str(source) if isinstance(source, (str, os.PathLike)) else bytes(source)
+    dec = VideoDecoder(src, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
+    n = len(dec)
+    ok = [i for i in wanted if i < n]
+    arr = dec.get_frames_at(indices=ok).data.numpy() if ok else np.empty((0,))
+    stats["converted"] = len(ok)
+    return dict(zip(ok, arr)), n
+
+
+def _read(source: Any, indices: list[int], name: str, backend: str, info: VideoInfo | None,
+          threads: int, stats: dict | None) -> np.ndarray:
+    stats = {} if stats is None else stats
+    wanted = sorted(set(indices))
+    try:
+        if backend == "decord":
+            got, available = _read_decord(source, wanted, threads, stats)
+        elif backend == "pyav":
+            got, available = _read_pyav(source, wanted, name, threads, stats)
+        else:
+            got, available = _read_torchcodec(source, wanted, threads, stats)
+    except MediaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every decoder failure names the input
+        raise MediaError(name, f"cannot decode frames with {backend} ({short_reason(e)})") from None
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        # A frame count estimated from duration x fps (no count in the header) may overshoot by
+        # a frame or two: those indices take the last decoded frame. A declared count that the
+        # stream does not reach means a truncated or corrupt file.
+        slack = max(2, (info.num_frames // 20) if info else 0)
+        estimated = info is not None and not info.exact
+        if got and estimated and min(missing) >= available and max(missing) < available + slack:
+            tail = got[max(got)]
+            got.update({i: tail for i in missing})
+        else:
+            declared = f" of {info.num_frames} declared" if info else ""
+            raise MediaError(name, f"frame {missing[0]}{declared} could not be decoded with {backend}: "
+                                   f"the stream ends after {available} frames (truncated or corrupt)")
+    return np.stack([np.asarray(got[i], dtype=np.uint8) for i in indices])
+
+
+def _read_chain(source: Any, indices: list[int], name: str, backends: list[str], info: VideoInfo | None,
+                threads: int, stats: dict | None) -> np.ndarray:
+    errors = []
+    for backend in backends:
+        try:
+            return _read(source, indices, name, backend, info, threads, stats)
+        except MediaError as e:
+            errors.append(e.reason)
+    raise MediaError(name, errors[0] if len(errors) == 1 else "; ".join(errors))
+
+
+def read_frames(
+    source: Any,
+    indices: list[int],
+    name: str | None = None,
+    *,
+    backend: str = "auto",
+    info: VideoInfo | None = None,
+    threads: int = 0,
+    stats: dict | None = None,
+) -> np.ndarray:
+    """Decode only the frames at ``indices`` (in any order, repeats allowed) of a path or bytes.
+
+    Returns a (len(indices), H, W, 3) uint8 RGB array. ``info`` (from :func:`video_info`)
+    lets the error say how many frames the header declared. ``backend="auto"`` falls back to the
+    next available backend when one fails (see the module docstring). ``threads=0`` lets the backend
+    choose. ``stats``, if a dict, receives ``decoded`` (PyAV: frames the codec decoded) and
+    ``converted`` (frames converted to RGB).
+    """
+    name = _name(source, name)
+    if not indices:
+        raise ValueError("read_frames needs at least one index")
+    if min(indices) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
+    return _read_chain(source, list(indices), name, backend_chain(backend), info, threads, stats)
+
+
+def load_video(
+    source: Any,
+    name: str | None = None,
+    *,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    sampling: str = "uniform",
+    backend: str = "auto",
+    limits: MediaLimits = DEFAULT_LIMITS,
+    video_fps: float | None = None,
+    isolate: bool = False,
+    timeout: float = 60.0,
+    info: VideoInfo | None = None,
+    generator: torch.Generator | None = None,
+    threads: int = 0,
+) -> torch.Tensor:
+    """Decode a video into a (T, 3, H, W) float32 tensor in [0, 1], sampling frames first.
+
+    ``source``: a path, bytes, or a (T, C, H, W) tensor (float in [0, 1] or uint8; C = 1 or 3;
+    ``video_fps`` gives its rate for ``fps`` sampling). Frames: ``num_frames`` or ``fps`` (see
+    :func:`sample_indices`; neither = all frames, subject to ``limits.max_frames``).
+    ``isolate=True`` decodes in a worker process (:mod:`anymodal.media.safe`): a decoder crash
+    becomes a :class:`MediaError` instead of killing this process. ``info`` skips the header
+    read when the caller has it already. ``threads``: decoder threads (0 = the backend's
+    default, all cores; 1 suits many DataLoader workers on few cores).
+
+    >>> load_video("clip.mp4", num_frames=8).shape  # doctest: +SKIP
+    torch.Size([8, 3, 32, 32])
+    """
+    name = _name(source, name)
+    backends = backend_chain(backend) if not isinstance(source, torch.Tensor) else []
+    if info is None:
+        info = video_info(source, name, limits=limits, video_fps=video_fps, isolate=isolate, timeout=timeout)
+    try:
+        idx = sample_indices(info.num_frames, num_frames=num_frames, fps=fps, video_fps=info.fps,
+                             sampling=sampling, generator=generator)
+    except ValueError as e:
+        raise MediaError(name, str(e)) from None
+    if limits.max_frames and len(idx) > limits.max_frames:
+        raise MediaError(name, f"{len(idx)} frames to decode, over the limit of {limits.max_frames} "
+                               "(sample with num_frames or fps)")
+    if isinstance(source, torch.Tensor):
+        x = source[idx]
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).contiguous()
+    if isolate:
+        arr = safe_decode(_read_chain, source, idx, name, backends, info, threads, None, name=name, timeout=timeout)
+    else:
+        arr = _read_chain(source, idx, name, backends, info, threads, None)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
