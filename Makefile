@@ -37,6 +37,23 @@ demo: install
 	$(PY) examples/interleaved_inference.py $(RUN)/export $(RUN)/data && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; checkpoint, logs and report under $(RUN)/"
 
+# every benchmark (attention backends, training vs HF Llama, packing, MFU, decoding) -> benchmarks/RESULTS.md;
+# <= 15 min on 2 quiet cores; needs transformers (the peer). BENCH_QUICK=1: tiny shapes, a smoke run
+bench: install
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt "transformers>=5.0"
+	$(PY) benchmarks/run_all.py
+
+# the documentation site -> site/ (mkdocs build --strict); the build draws docs/generated/ first
+# (docs/hooks.py runs docs/scripts/*.py; without runs/demo/csv it trains a short demo once, ~1 min)
+DOCS_STAMP := $(VENV)/.anymodal-docs-installed
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lock: install
 	@(echo "# The tested set (x86-64 Linux, Python 3.11). Regenerate: make lock"; \
 	  $(PIP) freeze --exclude-editable | grep -v '^anymodal') > constraints.txt

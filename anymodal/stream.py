@@ -15,6 +15,7 @@ in a side tensor per tokenizer and are projected into the model width at layer 0
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -136,19 +137,56 @@ class Stream:
         return int(self.ids.shape[0])
 
 
+def span_layout(grid: tuple[int, int, int] | None, n: int, cursor: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Positions of a media span of ``n`` tokens starting at ``cursor``.
+
+    Returns ``(pos (3, n), local (3, n), next_cursor)``. On a grid, token k sits at its
+    row-major (t, h, w) coordinates offset by the cursor, and the cursor then jumps past the
+    largest side (Qwen2-VL M-RoPE); ``local`` holds the coordinates themselves (learned media
+    positions). Without a grid the span is a sequence: it advances all three axes like text,
+    and its local coordinates are (k, 0, 0).
+    Generation uses the same function, so a generated span gets the positions it was trained on.
+    """
+    t, h, w = grid if grid is not None else (n, 1, 1)
+    local = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
+                                       indexing="ij")).reshape(3, t * h * w)[:, :n]
+    if grid is None:
+        return (torch.arange(n) + cursor).expand(3, n), local, cursor + n
+    return local + cursor, local, cursor + max(t, h, w)
+
+
+def drop_condition(segments: Sequence[Segment]) -> list[Segment]:
+    """The unconditional version of a sample for classifier-free guidance (Ho & Salimans 2022):
+    its prompt segments removed, its targets kept (``[p1, p2, target] -> [target]``)."""
+    return [s for s in segments if s.role == "target"]
+
+
 class StreamBuilder:
     """Turns samples into :class:`Stream` objects with one fixed vocabulary.
 
     ``loss_weights`` maps tokenizer names to the weight of the loss on their label tokens
     (markers and specials use ``"special"``, default 1.0).
+
+    Conditioning dropout (classifier-free guidance): a tokenizer with a ``cfg_dropout`` field
+    > 0 (e.g. ``{"name": "image.fsq", "cfg_dropout": 0.1}``) makes :meth:`build` drop the prompt
+    of a sample whose target holds one of its media with that probability, so the model also
+    learns the unconditional distribution that guided generation subtracts. The draws come from
+    ``self.rng`` (seeded); a data loader that caches built streams keeps each sample's draw.
     """
 
-    def __init__(self, tokenizers: Sequence[ModalityTokenizer], loss_weights: dict[str, float] | None = None):
+    def __init__(self, tokenizers: Sequence[ModalityTokenizer], loss_weights: dict[str, float] | None = None,
+                 seed: int = 0):
         self.vocab = Vocabulary(tokenizers)
         self.loss_weights = dict(loss_weights or {})
         unknown = set(self.loss_weights) - set(self.vocab.index) - {"special"}
         if unknown:
             raise ValueError(f"loss_weights name unknown tokenizers {sorted(unknown)}")
+        self.rng = random.Random(seed)
+        self.cfg_dropout = {t.name: float(getattr(t, "cfg_dropout", 0.0)) for t in self.vocab.tokenizers}
+
+    def _dropout_probability(self, segs: Sequence[Segment]) -> float:
+        return max((self.cfg_dropout[self.vocab.tokenizer_for(s).name] for s in segs
+                    if s.role == "target" and s.modality != "text"), default=0.0)
 
     @property
     def tokenizers(self) -> list[ModalityTokenizer]:
@@ -162,10 +200,15 @@ class StreamBuilder:
             n += tok.num_tokens(seg) + (2 if tok.modality != "text" else 0)
         return n
 
-    def build(self, sample: Iterable, add_eos: bool = True) -> Stream:
-        """Encode every segment and lay the tokens out. ``add_eos=False`` builds a prompt."""
+    def build(self, sample: Iterable, add_eos: bool = True, cfg_dropout: bool = True) -> Stream:
+        """Encode every segment and lay the tokens out. ``add_eos=False`` builds a prompt;
+        ``cfg_dropout=False`` never drops the conditioning (see the class docstring)."""
         v = self.vocab
         segs = to_segments(sample)
+        if cfg_dropout:
+            p = self._dropout_probability(segs)
+            if p > 0 and self.rng.random() < p:
+                segs = drop_condition(segs)
         has_target = any(s.role == "target" for s in segs)
         ids: list[torch.Tensor] = [torch.tensor([v.bos])]
         mods = [torch.tensor([v.special_modality])]
@@ -210,15 +253,7 @@ class StreamBuilder:
                 vectors.setdefault(tok.name, []).append(block.vectors.float())
             mods.append(torch.full((n,), k))
             train.append(torch.full((n,), trainable and block.is_discrete))
-            t, h, w = block.grid if block.grid is not None else (n, 1, 1)
-            grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
-                                              indexing="ij")).reshape(3, n)
-            if block.grid is None:  # a sequence: advances all three axes like text
-                p = (torch.arange(n) + cursor).expand(3, n)
-                cursor += n
-            else:  # Qwen2-VL: (t, h, w) offsets from the cursor; then jump past the largest side
-                p = grid + cursor
-                cursor += max(t, h, w)
+            p, grid, cursor = span_layout(block.grid, n, cursor)
             pos.append(p)
             local.append(grid)
             n_span += 1

@@ -1,42 +1,81 @@
 """The embedded synthetic interleaved task suite: real media files plus JSONL manifests.
 
 No data set can be downloaded where anymodal is tested, so the suite is generated: every
-sample is a real file on disk (PNG here), read back through the same decoders a user's data
-goes through. Each split comes from its own seed, so the held-out test images are never seen
-in training. Tasks (v1, image question answering):
+sample is a real file on disk (PNG, MP4, WAV), read back through the same decoders a user's
+data goes through. Each split comes from its own seed, so the held-out test media are never
+seen in training; each task draws from its own random stream, so a task's samples do not
+change when other tasks are added. Answers are balanced: every choice is the answer of
+``per_task // len(choices)`` samples (the remainder goes to the first choices).
+
+Tasks (pick them with ``SynthConfig.tasks``, by name or by group ``image``, ``video``,
+``audio``, ``cross`` or ``all``; the default is the ``image`` group):
 
 - ``image.shape``: "What shape is it?" -> circle | square | triangle
 - ``image.colour``: "What colour is the shape?" -> red | green | blue | yellow
 - ``image.count``: "How many shapes?" -> 1 | 2 | 3 | 4
 - ``image.position``: "Where is the shape?" -> top left | top right | bottom left | bottom right
+- ``video.motion``: "Which way does the square move?" -> left | right | up | down
+- ``video.flashes``: "How many flashes?" -> 1 | 2 | 3 | 4 (a shape lights up for a few frames)
+- ``audio.beeps``: "How many beeps?" -> 1 | 2 | 3 | 4 (tone bursts over faint noise)
+- ``audio.pitch``: "Is the pitch rising or falling?" -> rising | falling (an exponential chirp)
+- ``cross.beeps_squares``: "Does the number of beeps equal the number of squares?" (an image
+  and a sound) -> yes | no
+- ``cross.more_circles``: "Which image has more circles?" (two images) -> first | second
 
-A manifest line::
+Videos are H.264 MP4 (yuv420p, no B-frames) that both decord and PyAV read frame-exactly;
+audio is 16-bit PCM WAV, mono. A manifest line::
 
-    {"id": "train/image.shape/0", "task": "image.shape", "answer": "circle",
-     "choices": ["circle", "square", "triangle"],
-     "segments": [{"type": "text", "text": "What shape is it?"},
-                  {"type": "image", "path": "images/train/0.png"},
-                  {"type": "text", "text": "circle", "role": "target"}]}
+    {"id": "train/cross.beeps_squares/0", "task": "cross.beeps_squares", "answer": "no",
+     "choices": ["yes", "no"],
+     "segments": [{"type": "text", "text": "Does the number of beeps equal the number of squares?"},
+                  {"type": "image", "path": "images/train/000000.png"},
+                  {"type": "audio", "path": "audio/train/000000.wav"},
+                  {"type": "text", "text": "no", "role": "target"}]}
+
+Example::
+
+    from anymodal.data import SynthConfig, synthesize
+    paths = synthesize("runs/av/data", SynthConfig(tasks=["image", "video", "audio", "cross"]))
+    paths["test"]  # runs/av/data/test.jsonl
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (235, 220, 40)}
 POSITIONS = ["top left", "top right", "bottom left", "bottom right"]
 COUNTS = ["1", "2", "3", "4"]
+DIRECTIONS = ["left", "right", "up", "down"]
+PITCHES = ["rising", "falling"]
+YES_NO = ["yes", "no"]
+ORDINALS = ["first", "second"]
 IMAGE_TASKS = ("image.shape", "image.colour", "image.count", "image.position")
+VIDEO_TASKS = ("video.motion", "video.flashes")
+AUDIO_TASKS = ("audio.beeps", "audio.pitch")
+CROSS_TASKS = ("cross.beeps_squares", "cross.more_circles")
+TASK_GROUPS = {"image": IMAGE_TASKS, "video": VIDEO_TASKS, "audio": AUDIO_TASKS, "cross": CROSS_TASKS,
+               "all": IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+FORMAT_VERSION = 2  # in synth.json: a suite written by another generator version is rewritten
+_MEDIA_DIRS = {"image": ("images", "png"), "video": ("videos", "mp4"), "audio": ("audio", "wav")}
 
 
 @dataclass
 class SynthConfig:
-    """What ``anymodal data synth`` writes. Sizes are samples per task and split."""
+    """What ``anymodal data synth`` writes. Sizes are samples per task and split.
+
+    ``tasks`` lists task names and/or groups (``image``, ``video``, ``audio``, ``cross``,
+    ``all``); groups expand in place, duplicates are dropped, order is kept.
+    """
 
     train_per_task: int = 1500
     val_per_task: int = 50
@@ -44,15 +83,44 @@ class SynthConfig:
     image_size: int = 48
     tasks: list[str] = field(default_factory=lambda: list(IMAGE_TASKS))
     seed: int = 0  # added to each split's own seed
+    video_size: int = 32  # square frames, pixels (even: H.264 with 4:2:0 chroma needs it)
+    video_frames: int = 16
+    video_fps: int = 8
+    audio_rate: int = 16000  # Hz, mono
+    audio_seconds: float = 1.0
 
     def __post_init__(self):
-        unknown = set(self.tasks) - set(TASKS)
+        names = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+        expanded: list[str] = []
+        for name in names:
+            for t in TASK_GROUPS.get(name, (name,)):
+                if t not in expanded:
+                    expanded.append(t)
+        unknown = [t for t in expanded if t not in TASKS]
         if unknown:
-            raise ValueError(f"unknown synthetic tasks {sorted(unknown)}; known: {sorted(TASKS)}")
+            raise ValueError(f"unknown synthetic tasks {unknown}; known: {sorted(TASKS)} "
+                             f"and groups {sorted(TASK_GROUPS)}")
+        if not expanded:
+            raise ValueError("SynthConfig.tasks is empty")
+        self.tasks = expanded
+        for k in ("train_per_task", "val_per_task", "test_per_task"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if self.image_size < 24:
             raise ValueError("image_size must be >= 24")
+        if self.video_size < 16 or self.video_size % 2:
+            raise ValueError(f"video_size must be even and >= 16, got {self.video_size}")
+        if self.video_frames < 8:
+            raise ValueError(f"video_frames must be >= 8 (room for 4 flashes), got {self.video_frames}")
+        if self.video_fps <= 0:
+            raise ValueError(f"video_fps must be > 0, got {self.video_fps}")
+        if self.audio_rate < 8000:
+            raise ValueError(f"audio_rate must be >= 8000 Hz (the chirps reach ~2.1 kHz), got {self.audio_rate}")
+        if not 0.8 <= self.audio_seconds <= 2.0:
+            raise ValueError(f"audio_seconds must be in [0.8, 2.0] (room for 4 beeps), got {self.audio_seconds}")
 
 
+# ---- images -------------------------------------------------------------------------------------
 def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, colour):
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
@@ -86,62 +154,289 @@ def _one_shape(size: int, rng: random.Random, quadrant: int | None = None):
     return cx, cy, r
 
 
-def image_shape(rng, size):
-    shape = rng.choice(SHAPES)
+def _grid_of_shapes(rng: random.Random, size: int, n: int, shape: str | None = None):
+    """``n`` shapes in distinct cells of a 3x3 grid (they never overlap), random colours."""
     img, d = _canvas(size, rng)
-    _draw_shape(d, shape, *_one_shape(size, rng), COLOURS[rng.choice(list(COLOURS))])
-    return img, "What shape is it?", shape, SHAPES
-
-
-def image_colour(rng, size):
-    colour = rng.choice(list(COLOURS))
-    img, d = _canvas(size, rng)
-    _draw_shape(d, rng.choice(SHAPES), *_one_shape(size, rng), COLOURS[colour])
-    return img, "What colour is the shape?", colour, list(COLOURS)
-
-
-def image_count(rng, size):
-    n = rng.randint(1, 4)
-    img, d = _canvas(size, rng)
-    cell = size / 3  # 3x3 grid of cells: shapes never overlap
-    shape = rng.choice(SHAPES)
+    cell = size / 3
+    shape = shape or rng.choice(SHAPES)
     for c in rng.sample(range(9), n):
         r = cell * rng.uniform(0.28, 0.38)
         cx = (c % 3 + 0.5) * cell + rng.uniform(-1, 1)
         cy = (c // 3 + 0.5) * cell + rng.uniform(-1, 1)
         _draw_shape(d, shape, cx, cy, r, COLOURS[rng.choice(list(COLOURS))])
-    return img, "How many shapes?", str(n), COUNTS
+    return img
 
 
-def image_position(rng, size):
-    q = rng.randrange(4)
-    img, d = _canvas(size, rng)
-    _draw_shape(d, rng.choice(SHAPES), *_one_shape(size, rng, q), COLOURS[rng.choice(list(COLOURS))])
-    return img, "Where is the shape?", POSITIONS[q], POSITIONS
+def image_shape(rng, cfg, answer):
+    img, d = _canvas(cfg.image_size, rng)
+    _draw_shape(d, answer, *_one_shape(cfg.image_size, rng), COLOURS[rng.choice(list(COLOURS))])
+    return [("image", img)]
 
 
-TASKS = {"image.shape": image_shape, "image.colour": image_colour, "image.count": image_count,
-         "image.position": image_position}
+def image_colour(rng, cfg, answer):
+    img, d = _canvas(cfg.image_size, rng)
+    _draw_shape(d, rng.choice(SHAPES), *_one_shape(cfg.image_size, rng), COLOURS[answer])
+    return [("image", img)]
+
+
+def image_count(rng, cfg, answer):
+    return [("image", _grid_of_shapes(rng, cfg.image_size, int(answer)))]
+
+
+def image_position(rng, cfg, answer):
+    img, d = _canvas(cfg.image_size, rng)
+    _draw_shape(d, rng.choice(SHAPES), *_one_shape(cfg.image_size, rng, POSITIONS.index(answer)),
+                COLOURS[rng.choice(list(COLOURS))])
+    return [("image", img)]
+
+
+# ---- video: frames as a (T, H, W, 3) uint8 array ------------------------------------------------
+def _video_background(rng: random.Random, cfg: SynthConfig) -> np.ndarray:
+    bg = np.array([rng.randint(0, 40) for _ in range(3)], dtype=np.uint8)
+    return np.broadcast_to(bg, (cfg.video_frames, cfg.video_size, cfg.video_size, 3)).copy()
+
+
+def _spread(rng: random.Random, slack: float, parts: int, whole: bool) -> list[float]:
+    """Split ``slack`` into ``parts`` random non-negative pieces: a uniform point on the simplex,
+    or, when ``whole``, whole units thrown one by one into random parts (frames stay integers,
+    so the gaps between flashes never shrink by rounding)."""
+    if whole:
+        pieces = [0] * parts
+        for _ in range(int(slack)):
+            pieces[rng.randrange(parts)] += 1
+        return pieces
+    cuts = sorted(rng.uniform(0, slack) for _ in range(parts - 1))
+    return [b - a for a, b in zip([0.0] + cuts, cuts + [slack])]
+
+
+def _burst_starts(rng: random.Random, n: int, total: float, length: float, gap: float,
+                  whole: bool = False) -> list[float]:
+    """Start times of ``n`` bursts of ``length`` in ``[0, total)``, at least ``gap`` apart;
+    the spare time is spread at random before, between and after them."""
+    slack = total - n * length - (n - 1) * gap
+    if slack < 0:  # SynthConfig's bounds rule this out
+        raise ValueError(f"{n} bursts of {length} with gaps of {gap} do not fit in {total}")
+    pieces = _spread(rng, slack, n + 1, whole)
+    starts, t = [], pieces[0]
+    for k in range(n):
+        starts.append(t)
+        t += length + gap + pieces[k + 1]
+    return starts
+
+
+def video_motion(rng, cfg, answer):
+    """A square glides in a straight line across a third to a half of the frame."""
+    T, S = cfg.video_frames, cfg.video_size
+    frames = _video_background(rng, cfg)
+    side = max(4, round(S * rng.uniform(0.22, 0.3)))
+    room = S - side
+    travel = room * rng.uniform(0.55, 0.9)
+    along0 = rng.uniform(0, room - travel)  # start of the travelled segment, along the motion axis
+    across = round(rng.uniform(0, room))
+    sign = 1 if answer in ("right", "down") else -1
+    colour = np.array(COLOURS[rng.choice(list(COLOURS))], dtype=np.uint8)
+    for t in range(T):
+        a = along0 + travel * (t / (T - 1) if sign > 0 else 1 - t / (T - 1))
+        a = round(a)
+        if answer in ("left", "right"):
+            frames[t, across:across + side, a:a + side] = colour
+        else:
+            frames[t, a:a + side, across:across + side] = colour
+    return [("video", frames)]
+
+
+def _flash_frames(rng: random.Random, cfg: SynthConfig, n: int) -> list[range]:
+    """Frame ranges of ``n`` flashes. A flash and the gaps between flashes each last at least
+    ``L = T // 8`` frames, so a clip read at every other frame (T/2 frames, e.g. 8 of 16) still
+    sees each flash once; sparser sampling can miss one (read all frames to be safe)."""
+    T = cfg.video_frames
+    L = max(1, T // 8)
+    return [range(s, s + L) for s in _burst_starts(rng, n, T, L, L, whole=True)]
+
+
+def video_flashes(rng, cfg, answer):
+    """A large bright shape lights up ``answer`` times on a dark background."""
+    S = cfg.video_size
+    frames = _video_background(rng, cfg)
+    from PIL import Image, ImageDraw
+
+    for on in _flash_frames(rng, cfg, int(answer)):
+        img = Image.fromarray(frames[on.start])
+        r = S * rng.uniform(0.25, 0.38)
+        cx, cy = rng.uniform(r, S - r), rng.uniform(r, S - r)
+        _draw_shape(ImageDraw.Draw(img), rng.choice(SHAPES), cx, cy, r, COLOURS[rng.choice(list(COLOURS))])
+        lit = np.asarray(img)
+        for t in on:
+            frames[t] = lit
+    return [("video", frames)]
+
+
+# ---- audio: mono float32 samples in [-1, 1] -----------------------------------------------------
+def _audio_noise(rng: random.Random, cfg: SynthConfig) -> np.ndarray:
+    n = round(cfg.audio_rate * cfg.audio_seconds)
+    g = np.random.default_rng(rng.getrandbits(64))
+    return (g.standard_normal(n) * rng.uniform(0.003, 0.015)).astype(np.float32)
+
+
+def _ramp(n: int, rate: int, ms: float = 5.0) -> np.ndarray:
+    """Raised-cosine fade in/out (no clicks, so every onset is a tone's, not a broadband pop)."""
+    env = np.ones(n, dtype=np.float32)
+    k = min(n // 2, int(rate * ms / 1000))
+    if k:
+        fade = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, k, dtype=np.float32))
+        env[:k], env[n - k:] = fade, fade[::-1]
+    return env
+
+
+def _beeps(rng: random.Random, cfg: SynthConfig, n: int) -> np.ndarray:
+    """``n`` tone bursts of 70-110 ms, at least 90 ms apart, one random pitch per clip."""
+    sr = cfg.audio_rate
+    wave = _audio_noise(rng, cfg)
+    length, gap, margin = 0.11, 0.09, 0.03  # s; bursts are placed as if all were 110 ms long
+    f = rng.uniform(500, 1500)
+    amp = rng.uniform(0.3, 0.7)
+    for s in _burst_starts(rng, n, cfg.audio_seconds - 2 * margin, length, gap):
+        dur = rng.uniform(0.07, length)
+        i0, m = round((s + margin) * sr), round(dur * sr)
+        t = np.arange(m, dtype=np.float32) / sr
+        wave[i0:i0 + m] += amp * np.sin(2 * np.pi * f * t) * _ramp(m, sr)
+    return np.clip(wave, -1, 1)
+
+
+def audio_beeps(rng, cfg, answer):
+    return [("audio", _beeps(rng, cfg, int(answer)))]
+
+
+def audio_pitch(rng, cfg, answer):
+    """An exponential chirp over a factor of 2-3 in frequency (an octave and more), up or down.
+
+    Instantaneous frequency ``f(t) = f0 * k**(t/D)``, so the phase is
+    ``2 pi f0 D (k**(t/D) - 1) / ln k``.
+    """
+    sr = cfg.audio_rate
+    wave = _audio_noise(rng, cfg)
+    D = rng.uniform(0.5, 0.7) * cfg.audio_seconds
+    start = rng.uniform(0.02, cfg.audio_seconds - D - 0.02)
+    low = rng.uniform(300, 700)
+    ratio = rng.uniform(2.0, 3.0)
+    f0, k = (low, ratio) if answer == "rising" else (low * ratio, 1 / ratio)
+    m = round(D * sr)
+    t = np.arange(m, dtype=np.float64) / sr
+    phase = 2 * np.pi * f0 * D * (k ** (t / D) - 1) / math.log(k)
+    i0 = round(start * sr)
+    wave[i0:i0 + m] += (rng.uniform(0.3, 0.7) * np.sin(phase)).astype(np.float32) * _ramp(m, sr, 10.0)
+    return [("audio", np.clip(wave, -1, 1))]
+
+
+# ---- cross-modal: the answer needs two media at once --------------------------------------------
+def cross_beeps_squares(rng, cfg, answer):
+    """``n`` squares and ``m`` beeps; ``m == n`` for yes. Both counts are uniform on 1..4 under
+    either answer, so neither medium alone says anything about the answer."""
+    n = rng.randint(1, 4)
+    m = n if answer == "yes" else rng.choice([c for c in range(1, 5) if c != n])
+    return [("image", _grid_of_shapes(rng, cfg.image_size, n, "square")), ("audio", _beeps(rng, cfg, m))]
+
+
+def cross_more_circles(rng, cfg, answer):
+    """Two images with different numbers of circles (1-4 each)."""
+    a, b = rng.sample(range(1, 5), 2)
+    more, fewer = max(a, b), min(a, b)
+    first, second = (more, fewer) if answer == "first" else (fewer, more)
+    return [("image", _grid_of_shapes(rng, cfg.image_size, first, "circle")),
+            ("image", _grid_of_shapes(rng, cfg.image_size, second, "circle"))]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One synthetic task: its question, its answer set and a generator
+    ``make(rng, cfg, answer) -> [(modality, media), ...]`` of the media the answer is about."""
+
+    question: str
+    choices: tuple[str, ...]
+    make: Callable
+
+
+TASKS: dict[str, Task] = {
+    "image.shape": Task("What shape is it?", tuple(SHAPES), image_shape),
+    "image.colour": Task("What colour is the shape?", tuple(COLOURS), image_colour),
+    "image.count": Task("How many shapes?", tuple(COUNTS), image_count),
+    "image.position": Task("Where is the shape?", tuple(POSITIONS), image_position),
+    "video.motion": Task("Which way does the square move?", tuple(DIRECTIONS), video_motion),
+    "video.flashes": Task("How many flashes?", tuple(COUNTS), video_flashes),
+    "audio.beeps": Task("How many beeps?", tuple(COUNTS), audio_beeps),
+    "audio.pitch": Task("Is the pitch rising or falling?", tuple(PITCHES), audio_pitch),
+    "cross.beeps_squares": Task("Does the number of beeps equal the number of squares?", tuple(YES_NO),
+                                cross_beeps_squares),
+    "cross.more_circles": Task("Which image has more circles?", tuple(ORDINALS), cross_more_circles),
+}
+
+
+# ---- writers ------------------------------------------------------------------------------------
+def write_video(frames: np.ndarray, path: str | Path, fps: int) -> None:
+    """(T, H, W, 3) uint8 -> H.264 MP4. ``preset=ultrafast`` turns B-frames off, so every
+    decoder (decord, PyAV, TorchCodec) returns the frames in order and counts them alike;
+    ``crf=12`` keeps the small frames close to lossless."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "ultrafast"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():  # flush
+            out.mux(packet)
+
+
+def write_audio(wave: np.ndarray, path: str | Path, rate: int) -> None:
+    """Mono float samples in [-1, 1] -> 16-bit PCM WAV."""
+    import soundfile as sf
+
+    sf.write(str(path), wave, rate, subtype="PCM_16", format="WAV")
+
+
+def _save(kind: str, media, path: Path, cfg: SynthConfig) -> None:
+    if kind == "image":
+        media.save(path)
+    elif kind == "video":
+        write_video(media, path, cfg.video_fps)
+    elif kind == "audio":
+        write_audio(media, path, cfg.audio_rate)
+    else:
+        raise ValueError(kind)
+
+
+def _balanced_answers(rng: random.Random, choices: tuple[str, ...], n: int) -> list[str]:
+    answers = [choices[k % len(choices)] for k in range(n)]
+    rng.shuffle(answers)
+    return answers
 
 
 def write_split(root: Path, split: str, cfg: SynthConfig, per_task: int) -> Path:
-    rng = random.Random(SPLIT_SEEDS[split] * 1_000_003 + cfg.seed)
-    img_dir = root / "images" / split
-    img_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``per_task`` samples of every task in ``cfg.tasks`` and ``root/<split>.jsonl``."""
+    for sub, _ in _MEDIA_DIRS.values():
+        (root / sub / split).mkdir(parents=True, exist_ok=True)
     records = []
     i = 0
-    for task in cfg.tasks:
-        for k in range(per_task):
-            img, question, answer, choices = TASKS[task](rng, cfg.image_size)
-            rel = f"images/{split}/{i:06d}.png"
-            img.save(root / rel)
-            records.append({
-                "id": f"{split}/{task}/{k}", "task": task, "answer": answer, "choices": choices,
-                "segments": [{"type": "text", "text": question}, {"type": "image", "path": rel},
-                             {"type": "text", "text": answer, "role": "target"}],
-            })
+    for name in cfg.tasks:
+        task = TASKS[name]
+        # one stream per (split, seed, task): a task's samples do not depend on the other tasks
+        rng = random.Random(f"{SPLIT_SEEDS[split] * 1_000_003 + cfg.seed}/{name}")
+        for k, answer in enumerate(_balanced_answers(rng, task.choices, per_task)):
+            media = task.make(rng, cfg, answer)
+            segments = [{"type": "text", "text": task.question}]
+            for j, (kind, item) in enumerate(media):
+                sub, ext = _MEDIA_DIRS[kind]
+                rel = f"{sub}/{split}/{i:06d}{'_' + str(j) if len(media) > 1 else ''}.{ext}"
+                _save(kind, item, root / rel, cfg)
+                segments.append({"type": kind, "path": rel})
+            segments.append({"type": "text", "text": answer, "role": "target"})
+            records.append({"id": f"{split}/{name}/{k}", "task": name, "answer": answer,
+                            "choices": list(task.choices), "segments": segments})
             i += 1
-    rng.shuffle(records)
+    random.Random(f"{SPLIT_SEEDS[split] * 1_000_003 + cfg.seed}/shuffle").shuffle(records)
     path = root / f"{split}.jsonl"
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as f:
@@ -153,17 +448,19 @@ def write_split(root: Path, split: str, cfg: SynthConfig, per_task: int) -> Path
 
 def synthesize(root: str | Path, cfg: SynthConfig | None = None, force: bool = False) -> dict[str, Path]:
     """Write the suite under ``root`` (``{train,val,test}.jsonl`` + media). Skips the work when
-    ``root/synth.json`` records the same config, unless ``force``."""
+    ``root/synth.json`` records the same config and generator version, unless ``force``."""
     cfg = cfg or SynthConfig()
     root = Path(root)
     stamp = root / "synth.json"
+    want = {"version": FORMAT_VERSION, **asdict(cfg)}
     splits = {"train": cfg.train_per_task, "val": cfg.val_per_task, "test": cfg.test_per_task}
     paths = {s: root / f"{s}.jsonl" for s in splits}
-    if not force and stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg) and all(
+    if not force and stamp.is_file() and json.loads(stamp.read_text()) == want and all(
             p.is_file() for p in paths.values()):
         return paths
     root.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)  # a half-written suite must not look complete
     for split, n in splits.items():
         write_split(root, split, cfg, n)
-    stamp.write_text(json.dumps(asdict(cfg), indent=2))
+    stamp.write_text(json.dumps(want, indent=2))
     return paths

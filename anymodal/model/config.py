@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 ATTENTION_BACKENDS = ("auto", "eager", "sdpa", "varlen", "flex", "xformers")
+PROJECTORS = ("linear", "mlp2")
+#: supported ``rope_scaling`` types and the keys each needs (Hugging Face names)
+ROPE_SCALING = {"linear": ("factor",),
+                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
 @dataclass
@@ -18,7 +22,15 @@ class ModelConfig:
     - ``media_pos_embed``: learned embeddings of a media token's (t, h, w) inside its span, added
       at the input (factorised, NaViT); ``max_grid`` bounds each coordinate.
     - ``z_loss``: weight of ``logsumexp(logits)**2`` (PaLM, Chameleon) to keep logits bounded.
-    - ``attention``: backend name, see :mod:`anymodal.model.attention`.
+    - ``attention``: backend name, see :mod:`anymodal.model.attention`: ``auto`` (``varlen``:
+      measured fastest on CPU for packed training and for inference, benchmarks/RESULTS.md),
+      ``eager``, ``sdpa``, ``varlen``, ``flex`` (inference only on CPU), ``xformers`` (CUDA only).
+    - ``qkv_bias``: biases on the q, k and v projections (Qwen2); off by default (Llama).
+    - ``rope_scaling``: Hugging Face-style rotary frequency scaling of an imported LM, ``None``
+      (plain), ``{"rope_type": "linear", "factor": f}`` or ``{"rope_type": "llama3", "factor",
+      "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}`` (Llama 3.1).
+    - ``projectors``: continuous tokenizer name -> ``"linear"`` (default, Fuyu) or ``"mlp2"``
+      (Linear-GELU-Linear, LLaVA-1.5) for the input projection of its vectors.
     """
 
     dim: int = 256
@@ -36,6 +48,9 @@ class ModelConfig:
     z_loss: float = 0.0
     attention: str = "auto"
     tie_embeddings: bool = False
+    qkv_bias: bool = False
+    rope_scaling: dict[str, float | str] | None = None
+    projectors: dict[str, str] = field(default_factory=dict)
     init_std: float = 0.02
     vocab_size: int = 0
     continuous_inputs: dict[str, int] = field(default_factory=dict)
@@ -65,6 +80,19 @@ class ModelConfig:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
         self.mrope_sections = list(self.mrope_sections)
         self.continuous_inputs = dict(self.continuous_inputs)
+        self.projectors = dict(self.projectors)
+        bad = {k: v for k, v in self.projectors.items() if v not in PROJECTORS}
+        if bad:
+            raise ValueError(f"projectors {bad}: each must be one of {PROJECTORS}")
+        if self.rope_scaling is not None:
+            self.rope_scaling = dict(self.rope_scaling)
+            kind = self.rope_scaling.get("rope_type")
+            need = ROPE_SCALING.get(kind)
+            if need is None:
+                raise ValueError(f"rope_scaling rope_type {kind!r} is not supported; supported: {sorted(ROPE_SCALING)}")
+            missing = [k for k in need if k not in self.rope_scaling]
+            if missing:
+                raise ValueError(f"rope_scaling ({kind}) lacks {missing}")
 
     @property
     def head_dim(self) -> int:
@@ -76,9 +104,11 @@ class ModelConfig:
         kv = self.n_kv_heads * self.head_dim
         attn = d * d * 2 + d * kv * 2
         mlp = 3 * d * self.hidden_dim
-        per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
+        bias = d + 2 * kv if self.qkv_bias else 0
+        per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0) + bias
         head = 0 if self.tie_embeddings else V * d
-        proj = sum(n * d + d for n in self.continuous_inputs.values())
+        proj = sum(n * d + d + (d * d + d if self.projectors.get(k) == "mlp2" else 0)
+                   for k, n in self.continuous_inputs.items())
         grid = 3 * self.max_grid * d if self.media_pos_embed else 0
         return V * d + L * per_layer + d + head + proj + grid
 

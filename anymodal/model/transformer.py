@@ -20,6 +20,30 @@ from anymodal.model.config import ModelConfig
 from anymodal.stream import IGNORE
 
 
+class _RMSNormCPU(torch.autograd.Function):
+    """RMSNorm with its backward written out (Zhang & Sennrich 2019). On CPU ``F.rms_norm`` is a
+    composite whose autograd walks pow/mean/rsqrt/mul one by one: ~15 passes over x per
+    forward+backward against ~6 here, 1.8x faster measured (5120 x 384, fp32)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        D = x.shape[-1]
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(D).add_(eps).rsqrt_()  # (..., 1)
+        xhat = x * r
+        ctx.save_for_backward(xhat, r, weight)
+        return xhat * weight
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, r, w = ctx.saved_tensors
+        D = xhat.shape[-1]
+        gw = g * w
+        dot = torch.linalg.vecdot(gw, xhat, dim=-1).unsqueeze(-1).div_(D)  # mean(gw * xhat)
+        dx = torch.addcmul(gw, xhat, dot, value=-1).mul_(r)  # r * (gw - xhat * mean(gw * xhat))
+        dw = torch.linalg.vecdot(g.reshape(-1, D), xhat.reshape(-1, D), dim=0)
+        return dx, dw, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -27,19 +51,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+            return _RMSNormCPU.apply(x, self.weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # CUDA: a fused kernel
 
 
 # ---- rotary positions -------------------------------------------------------------------------
 def rotary_cos_sin(pos: torch.Tensor, index: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (B, 1, T, head_dim) for the rotate-half convention (Llama/HF).
+    """cos, sin of shape (B, T, 1, head_dim) for the rotate-half convention (Llama/HF), laid out
+    for token-major q/k (B, T, heads, head_dim).
 
     ``pos``: (B, 3, T) (t, h, w) positions for M-RoPE; ``index``: (B, T) 1D position for RoPE.
     M-RoPE gives frequency pair c the position along axis ``a(c)`` where the pairs are split in
     ``mrope_sections`` (t, h, w); text has t = h = w, so text alone gets exactly plain RoPE.
     """
     half = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(half, device=pos.device, dtype=torch.float32) / half))
+    inv_freq = rope_inv_freq(cfg, pos.device)  # (half,)
     if cfg.rope == "mrope":
         axis = torch.repeat_interleave(torch.arange(3, device=pos.device),
                                        torch.tensor(cfg.mrope_sections, device=pos.device))  # (half,)
@@ -47,13 +74,61 @@ def rotary_cos_sin(pos: torch.Tensor, index: torch.Tensor, cfg: ModelConfig) -> 
     else:
         p = index.float()[:, :, None].expand(-1, -1, half)
     ang = p * inv_freq  # (B, T, half)
-    ang = torch.cat([ang, ang], dim=-1)[:, None]  # (B, 1, T, head_dim)
+    ang = torch.cat([ang, ang], dim=-1)[:, :, None]  # (B, T, 1, head_dim)
     return ang.cos(), ang.sin()
 
 
+def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """(head_dim/2,) rotary frequencies ``theta**(-c/half)``, with an imported LM's scaling:
+    ``linear`` divides them by ``factor`` (position interpolation, Chen et al. 2023); ``llama3``
+    (Llama 3.1) divides only the long wavelengths, keeps the short ones and blends in between."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+    s = cfg.rope_scaling
+    if not s:
+        return inv_freq
+    factor = float(s["factor"])
+    if s["rope_type"] == "linear":
+        return inv_freq / factor
+    lo, hi = float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old = float(s["original_max_position_embeddings"])  # the context length the LM was trained at
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old / wavelen - lo) / (hi - lo)  # 0 at the long end of the blend, 1 at the short end
+    scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+    medium = (wavelen <= old / lo) & (wavelen >= old / hi)
+    return torch.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+
+
+class _Rotary(torch.autograd.Function):
+    """``x * cos + rotate_half(x) * sin`` computed half by half into one output, and its backward
+    as the inverse rotation (sin -> -sin): about half the memory passes of the autograd version
+    (2x faster on CPU) and only cos/sin saved for backward, not x."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        h = x.shape[-1] // 2
+        c, s = cos[..., :h], sin[..., :h]  # the two halves of cos/sin are equal (rotate-half)
+        ctx.save_for_backward(c, s)
+        return _Rotary.rotate(x, c, s)
+
+    @staticmethod
+    def rotate(x, c, s):
+        h = x.shape[-1] // 2
+        x1, x2 = x[..., :h], x[..., h:]
+        out = torch.empty(x.shape, dtype=torch.result_type(x, c), device=x.device)
+        torch.mul(x1, c, out=out[..., :h]).addcmul_(x2, s, value=-1)  # x1 cos - x2 sin
+        torch.mul(x2, c, out=out[..., h:]).addcmul_(x1, s)  # x2 cos + x1 sin
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        c, s = ctx.saved_tensors
+        return _Rotary.rotate(g, c, -s), None, None
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    """Rotate-half RoPE (Su et al. 2021, the Llama/HF layout). x: (..., hd); cos, sin broadcast to it."""
+    return _Rotary.apply(x, cos, sin)
 
 
 # ---- KV cache ---------------------------------------------------------------------------------
@@ -91,20 +166,23 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.layer = cfg, layer
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x, cos, sin, mask: MaskInfo, backend: str, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # norm and rotary run token-major (B, T, heads, hd), where each head's vector is contiguous
+        # and the varlen backend cuts documents out of the token axis without a copy. (One fused
+        # QKV GEMM saves ~1% of a CPU training step and costs a weight copy per decoding step.)
+        q = self.wq(x).view(B, T, self.n_heads, self.hd)
+        k = self.wk(x).view(B, T, self.n_kv, self.hd)
+        v = self.wv(x).view(B, T, self.n_kv, self.hd)
+        q, k = apply_rotary(self.q_norm(q), cos, sin), apply_rotary(self.k_norm(k), cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd) views
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         y = attention(q, k, v, mask, backend)  # (B, H, T, hd)
@@ -141,6 +219,13 @@ def _key(name: str) -> str:  # ModuleDict keys may not contain "."
     return name.replace(".", "__")
 
 
+def _projector(kind: str, d_in: int, dim: int) -> nn.Module:
+    """Input projection of continuous vectors: one Linear (Fuyu) or Linear-GELU-Linear (LLaVA-1.5)."""
+    if kind == "mlp2":
+        return nn.Sequential(nn.Linear(d_in, dim), nn.GELU(), nn.Linear(dim, dim))
+    return nn.Linear(d_in, dim)
+
+
 class AnyModalTransformer(nn.Module):
     """The decoder. ``forward(batch)`` -> logits (B, T, vocab_size).
 
@@ -156,7 +241,12 @@ class AnyModalTransformer(nn.Module):
         #: tokenizer name -> modality index in the stream, for continuous inputs
         self.continuous_modality = dict(continuous_modality or {})
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.input_proj = nn.ModuleDict({_key(n): nn.Linear(d, cfg.dim) for n, d in cfg.continuous_inputs.items()})
+        unknown = set(cfg.projectors) - set(cfg.continuous_inputs)
+        if unknown:
+            raise ValueError(f"ModelConfig.projectors names {sorted(unknown)}, which are not continuous tokenizers "
+                             f"(those are {sorted(cfg.continuous_inputs)})")
+        self.input_proj = nn.ModuleDict({_key(n): _projector(cfg.projectors.get(n, "linear"), d, cfg.dim)
+                                         for n, d in cfg.continuous_inputs.items()})
         # factorised learned (t, h, w) embeddings of media tokens (NaViT): RoPE alone only gives
         # relative offsets, and a small model learns "where in the image" far faster with these
         self.grid_embed = nn.Parameter(torch.zeros(3, cfg.max_grid, cfg.dim)) if cfg.media_pos_embed else None
@@ -194,9 +284,12 @@ class AnyModalTransformer(nn.Module):
         if self.grid_embed is not None and grid is not None:
             if int(grid.max()) >= self.cfg.max_grid:
                 raise ValueError(f"a media grid coordinate is {int(grid.max())} >= max_grid={self.cfg.max_grid}")
-            g = self.grid_embed
-            add = g[0][grid[:, 0]] + g[1][grid[:, 1]] + g[2][grid[:, 2]]  # (B, T, D)
-            h = h + add * (span > 0).unsqueeze(-1).to(h.dtype)
+            # only at media positions (a text-only batch pays nothing); an empty selection still
+            # gives grid_embed a (zero) gradient, so DDP sees every parameter used
+            at = (span > 0).reshape(-1).nonzero().squeeze(1)  # (N,)
+            g, cell = self.grid_embed, grid.transpose(1, 2).reshape(-1, 3)[at]  # (N, 3) (t, h, w)
+            add = g[0][cell[:, 0]] + g[1][cell[:, 1]] + g[2][cell[:, 2]]  # (N, D)
+            h = h.reshape(-1, h.shape[-1]).index_add(0, at, add.to(h.dtype)).view_as(h)
         return h
 
     def forward(self, batch, cache: KVCache | None = None, backend: str | None = None,

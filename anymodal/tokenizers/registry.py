@@ -22,6 +22,9 @@ _BUILTIN_MODULES = (
     "anymodal.tokenizers.image_patch",
     "anymodal.tokenizers.video_tubelet",
     "anymodal.tokenizers.audio_mel",
+    "anymodal.tokenizers.image_fsq",
+    "anymodal.tokenizers.audio_encodec",
+    "anymodal.tokenizers.image_encoder",
 )
 _REGISTRY: dict[str, type[ModalityTokenizer]] = {}
 _loaded = False

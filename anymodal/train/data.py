@@ -1,10 +1,16 @@
-"""LightningDataModule over JSONL manifests (the synthetic suite is one), packing samples into
-fixed-length rows. A sample whose media fail to decode, or that is longer than a row, is
-skipped and counted (``Batch.skipped``), never fatal."""
+"""LightningDataModule over JSONL manifests (the synthetic suite is one) and tar shards, packing
+samples into fixed-length rows. A sample whose media fail to decode, whose record is malformed,
+or that is longer than a row, is skipped and counted (``Batch.skipped``), never fatal.
+
+Two training paths (see :mod:`anymodal.train.sources`): map-style (``batch_size`` samples per
+step from the ``train`` manifest) and packed mixture (``sources`` with weights and/or
+``tokens_per_batch``: a fixed token budget per step, streamed). Both save their position in
+checkpoints, so ``--ckpt_path last`` resumes on exactly the next batch."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -16,20 +22,25 @@ from anymodal.data.synth import SynthConfig, synthesize
 from anymodal.errors import MediaError
 from anymodal.packing import Batch, pack
 from anymodal.stream import StreamBuilder
+from anymodal.train.sources import PackedMixture, ResumableSampler, Skipped, Source, StatefulLoader, stable_seed
 
 log = logging.getLogger("anymodal")
 
-
-class Skipped:
-    def __init__(self, sample_id: str, reason: str):
-        self.sample_id, self.reason = sample_id, reason
+__all__ = ["AnyModalDataModule", "PackCollate", "Skipped", "StreamDataset"]
 
 
 class StreamDataset(Dataset):
-    """Records -> streams; optional in-memory cache of the encoded streams (small data sets)."""
+    """Records -> streams; optional in-memory cache of the encoded streams (small data sets).
 
-    def __init__(self, records: list[Record], builder: StreamBuilder, max_len: int, cache: bool = False):
+    Per-sample randomness (classifier-free-guidance dropout) is reseeded from ``(seed, i)``
+    before sample ``i`` is built, so a sample's stream does not depend on which worker builds
+    it or on what was built before it (a resumed run rebuilds the same streams).
+    """
+
+    def __init__(self, records: list[Record], builder: StreamBuilder, max_len: int, cache: bool = False,
+                 seed: int = 0):
         self.records, self.builder, self.max_len, self.cache = records, builder, max_len, cache
+        self.seed = seed
         self._cache: dict[int, object] = {}
 
     def __len__(self):
@@ -39,6 +50,7 @@ class StreamDataset(Dataset):
         if i in self._cache:
             return self._cache[i]
         rec = self.records[i]
+        self.builder.rng.seed(stable_seed(self.seed, "sample", i))
         try:
             s = self.builder.build(rec.segments)
             item = s if len(s) <= self.max_len else Skipped(rec.id, f"{len(s)} tokens > seq_len {self.max_len}")
@@ -72,7 +84,8 @@ class AnyModalDataModule(L.LightningDataModule):
 
     Args:
         root: folder holding the manifests (and, for the synthetic suite, its media).
-        train: training manifest, relative to ``root`` or absolute.
+        train: training manifest, relative to ``root`` or absolute (map-style path; with
+            ``tokens_per_batch`` and no ``sources`` it is the one packed source).
         val: validation manifest (``None``: no validation).
         synthetic: when set, ``prepare_data`` writes the synthetic suite into ``root`` first
             (skipped if an identical one is there).
@@ -81,14 +94,32 @@ class AnyModalDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         cache: keep encoded samples in memory after their first use (small data sets).
         val_limit: use only the first N validation samples.
+        sources: weighted training sources for the packed path, e.g.
+            ``[{path: a.jsonl, weight: 0.7}, {shards: shards/, weight: 0.3}]`` (manifests or
+            folders written by ``anymodal data shard``; relative to ``root``). Needs
+            ``tokens_per_batch``.
+        tokens_per_batch: token budget per step and rank for the packed path: each batch is
+            ``tokens_per_batch // seq_len`` rows filled with as many samples as fit. Streams
+            forever: the run needs ``trainer.max_steps``.
+        seed: data order seed (shuffles, mixture draws, per-sample randomness); ``None``: the
+            global seed (``seed_everything``).
     """
 
     def __init__(self, root: str = "runs/data", train: str = "train.jsonl", val: str | None = "val.jsonl",
                  synthetic: SynthConfig | None = None, seq_len: int = 512, batch_size: int = 32,
-                 num_workers: int = 0, cache: bool = True, val_limit: int | None = None):
+                 num_workers: int = 0, cache: bool = True, val_limit: int | None = None,
+                 sources: Sequence[Source] | None = None, tokens_per_batch: int | None = None,
+                 seed: int | None = None):
         super().__init__()
         if seq_len <= 0 or batch_size <= 0:
             raise ValueError("seq_len and batch_size must be > 0")
+        if sources is not None and tokens_per_batch is None:
+            raise ValueError("data.sources needs data.tokens_per_batch (the token budget of one step)")
+        if tokens_per_batch is not None and tokens_per_batch < seq_len:
+            raise ValueError(f"data.tokens_per_batch={tokens_per_batch} is less than one row (seq_len={seq_len})")
+        self.sources = list(sources) if sources is not None else None
+        self.tokens_per_batch, self.seed = tokens_per_batch, seed
+        self._train_loader: StatefulLoader | None = None
         self.root = Path(root)
         self.train_path, self.val_path = train, val
         self.synthetic = synthetic
@@ -114,8 +145,19 @@ class AnyModalDataModule(L.LightningDataModule):
             if self.trainer is None:
                 raise RuntimeError("AnyModalDataModule needs a stream builder: call attach() or use a Trainer")
             self.builder = self.trainer.lightning_module.net.builder
-        self.train_set = StreamDataset(read_manifest(self._path(self.train_path)), self.builder, self.seq_len,
-                                       self.cache)
+        seed = self.seed if self.seed is not None else torch.initial_seed() % (1 << 63)
+        self._data_seed = seed
+        self._rank, self._world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.tokens_per_batch is not None:
+            if stage in (None, "fit") and self.trainer is not None and self.trainer.max_steps < 0:
+                raise ValueError("the packed data path (data.tokens_per_batch) streams forever: set trainer.max_steps")
+            sources = self.sources if self.sources is not None else [Source(path=self.train_path)]
+            self.train_set = PackedMixture(sources, self.root, self.builder, self.seq_len, self.tokens_per_batch,
+                                           seed, self._rank, self._world)
+            self.train_set.check_readers(self.num_workers)
+        else:
+            self.train_set = StreamDataset(read_manifest(self._path(self.train_path)), self.builder, self.seq_len,
+                                           self.cache, seed)
         self.val_set = None
         if self.val_path:
             recs = read_manifest(self._path(self.val_path), limit=self.val_limit)
@@ -130,7 +172,24 @@ class AnyModalDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, drop_last=shuffle)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, True)
+        if isinstance(self.train_set, PackedMixture):
+            loader = StatefulLoader(self.train_set, rank=self._rank, world_size=self._world,
+                                    num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        else:
+            sampler = ResumableSampler(self.train_set, num_replicas=self._world, rank=self._rank, seed=self._data_seed)
+            loader = StatefulLoader(self.train_set, rank=self._rank, world_size=self._world, sampler=sampler,
+                                    batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True,
+                                    collate_fn=PackCollate(self.seq_len, self.builder.vocab.pad),
+                                    persistent_workers=self.num_workers > 0)
+        self._train_loader = loader
+        return loader
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        # the batch the training step is about to take: its loader state is what a checkpoint
+        # saved after this step must resume from (the loader itself has prefetched further)
+        if self._train_loader is not None and self.trainer is not None and self.trainer.training:
+            self._train_loader.mark_consumed(batch)
+        return batch
 
     def val_dataloader(self):
         return self._loader(self.val_set, False) if self.val_set is not None else []

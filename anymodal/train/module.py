@@ -2,8 +2,20 @@
 
 Logged: ``train/loss`` and ``train/loss_<tokenizer>`` (loss on the labels of each modality;
 markers and ``<eos>`` under ``special``), ``train/tokens_per_s`` (non-padding tokens),
-``train/skipped`` (samples the loader dropped, cumulative), ``val/loss`` and, when
-``val_generate > 0``, ``val/acc`` and ``val/acc_<task>`` from answering validation questions.
+``train/skipped`` (samples the loader dropped, cumulative, all ranks), ``train/nonfinite_skipped``
+(steps skipped for a NaN/inf loss), ``val/loss`` and, when ``val_generate > 0``, ``val/acc`` and
+``val/acc_<task>`` from answering validation questions.
+
+Distributed training (DDP, FSDP) keeps every rank in lock step: each step all-reduces one small
+vector (summed token loss, token weight, non-finite flag, skipped samples), so that
+
+- the loss is normalised by the *global* token count: rank r's loss is
+  ``world_size * sum_r / sum_all``, and DDP's gradient average then equals the gradient of one
+  process on all ranks' tokens, however unevenly packed rows split them;
+- a rank whose batch holds no sample (all skipped) still runs a forward (on a dummy row) and a
+  backward, so the gradient all-reduce (DDP) and the parameter all-gathers (FSDP) never wait for it;
+- a NaN/inf loss on any rank is seen by all of them: ``nonfinite="stop"`` raises
+  :class:`NonFiniteLossError` on every rank; ``"skip"`` drops that step's update on every rank.
 """
 
 from __future__ import annotations
@@ -18,9 +30,16 @@ import torch
 
 from anymodal.api import AnyModal
 from anymodal.model import ModelConfig, lm_loss
+from anymodal.pretrained.stages import TrainableGroups, load_weights
 from anymodal.stream import IGNORE
 
 log = logging.getLogger("anymodal")
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite (``model.nonfinite: stop``)."""
 
 
 class AnyModalModule(L.LightningModule):
@@ -35,27 +54,60 @@ class AnyModalModule(L.LightningModule):
             ``min_lr_ratio * lr`` at ``trainer.max_steps``.
         weight_decay: AdamW decay on matrices (not on norms, biases or embeddings).
         val_generate: validation questions to answer by generation at each validation (0: off).
+        init_from_hf: a Hugging Face Llama / Qwen2 / Mistral checkpoint folder to start from
+            (:mod:`anymodal.pretrained.hf_llama`): it sets the decoder shape (``arch`` gives the
+            rest), its ``tokenizer.json`` becomes the text tokenizer (``text.hf``, put first; list
+            only the media tokenizers) and its weights are loaded.
+        init_from: a previous stage's export folder or ``.ckpt`` to load the decoder weights from
+            (weights only; the vocabulary and every shape must match), after ``init_from_hf``.
+        trainable: parameter groups that train (:data:`anymodal.pretrained.stages.GROUPS`:
+            embeddings, new_tokens, projectors, decoder, head); ``None``: all. Stage 1 (align):
+            ``[projectors, new_tokens]``; stage 2 (instruct): ``[projectors, new_tokens, decoder]``.
+        group_lr: peak learning rate per group (default ``lr``), e.g. ``{decoder: 2.0e-4}``.
+        nonfinite: what a NaN/inf training loss does: ``"stop"`` the run with a clear error
+            (the last checkpoint holds finite weights) or ``"skip"`` that step's update on all ranks.
     """
 
     def __init__(self, tokenizers: list[dict | str] = ("text.bytes",), arch: ModelConfig | None = None,
                  loss_weights: dict[str, float] | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, min_lr_ratio: float = 0.1,
-                 val_generate: int = 0):
+                 val_generate: int = 0, init_from_hf: str | None = None, init_from: str | None = None,
+                 trainable: list[str] | None = None, group_lr: dict[str, float] | None = None,
+                 nonfinite: str = "stop"):
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"model.nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if isinstance(arch, dict):
             arch = ModelConfig(**arch)
         arch = arch or ModelConfig()
+        if init_from_hf:  # the LM decides the decoder shape and the text tokenizer
+            from anymodal.pretrained import hf_model_config, lm_tokenizer_specs
+
+            tokenizers = lm_tokenizer_specs(init_from_hf, tokenizers)
+            arch = hf_model_config(init_from_hf, arch)
         # hyper-parameters as plain data, so checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters({
             "tokenizers": [t if isinstance(t, str) else dict(t) for t in tokenizers], "arch": asdict(arch),
             "loss_weights": dict(loss_weights or {}), "lr": lr, "weight_decay": weight_decay,
             "betas": list(betas), "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio,
-            "val_generate": val_generate,
+            "val_generate": val_generate, "init_from_hf": init_from_hf, "init_from": init_from,
+            "trainable": None if trainable is None else list(trainable), "group_lr": dict(group_lr or {}),
+            "nonfinite": nonfinite,
         })
         self.net = AnyModal(tokenizers, arch, loss_weights)
+        if init_from_hf:
+            from anymodal.pretrained import load_hf_weights
+
+            load_hf_weights(self.net, init_from_hf)
+        if init_from:
+            load_weights(self.net, init_from)
+        self.groups = TrainableGroups(self.net, trainable, group_lr)
+        log.info("anymodal: trainable parameters per group: %s", self.groups.counts(self.net.model))
         names = [t.name for t in self.net.vocab.tokenizers] + ["special"]
         self._modality_names = names
-        self.skipped_total = 0
+        self.skipped_total = 0  # samples skipped by the loaders of all ranks
+        self.nonfinite_total = 0  # steps whose update was dropped for a NaN/inf loss
+        self._skip_update = False
         self._t_last: float | None = None
 
     # ---- the step -------------------------------------------------------------------------------
@@ -77,14 +129,75 @@ class AnyModalModule(L.LightningModule):
                          on_step=stage == "train", on_epoch=stage != "train")
         return loss
 
+    def _trainable(self):
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def _zero_step(self) -> torch.Tensor:
+        """A zero loss through a real forward of one dummy row (<bos><eos>): the collectives of
+        the step (FSDP all-gathers, DDP gradient all-reduce) run as on the other ranks."""
+        dummy = self.net.batch([[]]).to(self.device)
+        return self.net(dummy).float().sum() * 0.0
+
+    def _touch(self) -> torch.Tensor:
+        """0 * one element of every trainable parameter: each gets a (zero) gradient, so DDP
+        (``find_unused_parameters=False``) sees every parameter used, e.g. the image projection
+        in a text-only batch."""
+        return sum(p.reshape(-1)[:1].sum() for p in self._trainable()) * 0.0
+
     def training_step(self, batch, batch_idx):
-        self.skipped_total += batch.skipped
-        self.log("train/skipped", float(self.skipped_total), on_step=True, batch_size=1)
-        if batch.ids.shape[0] == 0:
-            return None  # every sample of this batch was bad: nothing to learn from
-        loss = self._loss(batch, "train")
         B = batch.ids.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        world = self.trainer.world_size
+        if B == 0 and world == 1:  # every sample of this batch was bad: nothing to learn from
+            self.skipped_total += batch.skipped
+            self.log("train/skipped", float(self.skipped_total), on_step=True, batch_size=1)
+            return None
+        if B == 0:  # ... but the other ranks may have data: step with them
+            loss, den = self._zero_step(), 0.0
+        else:
+            loss = self._loss(batch, "train")
+            den = float(((batch.labels != IGNORE).float() * batch.loss_weight).sum())
+        finite = bool(torch.isfinite(loss.detach()))
+        # what every rank must agree on, in one all-reduce (nothing to reduce on one device)
+        stats = torch.tensor([float(loss.detach()) * max(den, 1.0) if finite else 0.0, den, float(not finite),
+                              float(batch.skipped)], dtype=torch.float64)
+        if world > 1:
+            stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum").cpu()
+        g_sum, g_den, g_bad, g_skipped = stats.tolist()
+        self.skipped_total += int(g_skipped)
+        self.log("train/skipped", float(self.skipped_total), on_step=True, batch_size=1)
+        self._skip_update = False
+        if world > 1:
+            from lightning.pytorch.strategies import DDPStrategy
+
+            if isinstance(self.trainer.strategy, DDPStrategy):
+                loss = loss + self._touch()
+        if g_bad:
+            step = self.global_step
+            if self.hparams["nonfinite"] == "stop":
+                raise NonFiniteLossError(
+                    f"the training loss is not finite at step {step} (on {int(g_bad)} of {world} rank(s)); "
+                    "stopping. The last checkpoint holds finite weights. Try a lower model.lr or more "
+                    "model.warmup_steps, model.arch.z_loss (e.g. 1e-4), trainer.gradient_clip_val, or "
+                    "model.nonfinite=skip to drop such steps.")
+            self.nonfinite_total += 1
+            self.log("train/nonfinite_skipped", float(self.nonfinite_total), on_step=True, batch_size=1)
+            self.log("train/loss", float("nan"), prog_bar=True, batch_size=max(B, 1))  # not the last value again
+            log.warning("anymodal: non-finite training loss at step %d: update skipped on every rank", step)
+            self._skip_update = True  # the gradients may be NaN: on_before_optimizer_step drops them
+            return loss * 0.0
+        if g_den == 0:  # no labelled token on any rank: nothing to learn this step
+            self._skip_update = True
+            return loss * 0.0
+        if world > 1:
+            # global token normalisation (see the module docstring); z-loss is normalised by
+            # label count, so with loss weights != 1 its share is rescaled approximately
+            loss = loss * (max(den, 1.0) * world / g_den)
+            shown = g_sum / g_den
+        else:
+            shown = loss
+        if B == 0:
+            return loss
+        self.log("train/loss", shown, prog_bar=True, batch_size=B)
         now = time.perf_counter()
         if self._t_last is not None:
             self.log("train/tokens_per_s", batch.num_real_tokens / max(now - self._t_last, 1e-9), prog_bar=True,
@@ -109,25 +222,27 @@ class AnyModalModule(L.LightningModule):
         report = evaluate_records(self.net, dm.val_records()[:n])
         self.log("val/acc", report["overall"]["accuracy"], prog_bar=True, rank_zero_only=True)
         for task, t in report["tasks"].items():
-            self.log(f"val/acc_{task}", t["accuracy"], rank_zero_only=True)
+            if "accuracy" in t:  # a task whose examples all failed to decode has none
+                self.log(f"val/acc_{task}", t["accuracy"], rank_zero_only=True)
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._skip_update:  # params without a gradient are left alone by the optimizer (and its moments)
+            for p in self.net.parameters():
+                p.grad = None
 
     def on_train_end(self):
         if self.skipped_total:
             log.warning("anymodal: %d training samples were skipped (see the warnings above)", self.skipped_total)
         if self.trainer.is_global_zero:
-            print(f"anymodal: training done; skipped samples: {self.skipped_total}")
+            extra = f"; non-finite steps skipped: {self.nonfinite_total}" if self.nonfinite_total else ""
+            print(f"anymodal: training done; skipped samples: {self.skipped_total}{extra}")
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.dim() == 2 and "embed" not in name else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"], betas=tuple(hp["betas"]),
-                                fused=False)
+        # per trained group: matrices with decay, the rest without; each group at its own peak lr
+        groups = self.groups.optimizer_groups(self.net.model, hp["lr"], hp["weight_decay"])
+        opt = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), fused=False)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 10_000
         warm, floor = hp["warmup_steps"], hp["min_lr_ratio"]
 
@@ -143,3 +258,9 @@ class AnyModalModule(L.LightningModule):
     # ---- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         checkpoint["anymodal"] = self.net.meta()
+        checkpoint["anymodal_counters"] = {"skipped": self.skipped_total, "nonfinite": self.nonfinite_total}
+
+    def on_load_checkpoint(self, checkpoint):
+        counters = checkpoint.get("anymodal_counters", {})
+        self.skipped_total = int(counters.get("skipped", 0))
+        self.nonfinite_total = int(counters.get("nonfinite", 0))

@@ -1,0 +1,98 @@
+"""Built-in tasks over the synthetic suite (:mod:`anymodal.data.synth`) and generation tasks.
+
+Every task the suite generator knows (``image.shape``, ``video.motion``, ``audio.beeps``,
+``cross.beeps_squares``, ``cross.more_circles``, ...) is registered under the same name, in
+the suite's groups (``image``, ``video``, ``audio``, ``cross``) and in ``synth``. Each reads
+``<data_root>/<split>.jsonl`` and keeps the records of its name; a suite written without that
+task (the demo's holds only images) makes it :class:`TaskUnavailable`, listed as absent in the
+report rather than failing the run. Scored by multiple-choice accuracy (log-likelihood ranking
+of the listed answers, chance = 1/len(choices)) and by exact match of the greedy answer.
+
+Generation tasks (``gen.text_image``, ``gen.text_audio``, ``gen.image_audio``, written by
+:mod:`anymodal.data.synth_gen`) ask for an image or a sound; the decoded output is judged by
+checks (:mod:`anymodal.evaluate.checks`) against the record's ``target`` (colour and shape;
+beep count). They need a model with a discrete image or audio tokenizer; the runner reports
+them as unsupported for other models.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from anymodal.data import synth, synth_gen
+from anymodal.evaluate.tasks import Example, Task, TaskContext, TaskUnavailable, register_task
+
+# the suite's group name -> the kind shown in reports when the task is absent (present tasks
+# take their kind from their prompts: cross.more_circles is multi-image, the other cross-modal)
+_GROUP_KIND = {"image": "image", "video": "video", "audio": "audio", "cross": "cross-modal"}
+
+
+def _suite_task(name: str, ctx: TaskContext) -> Task:
+    if ctx.data_root is None:
+        raise TaskUnavailable(name, "no synthetic suite given (anymodal eval --data DIR)")
+    path = ctx.data_root / f"{ctx.split}.jsonl"
+    if not path.is_file():
+        raise TaskUnavailable(name, f"{path} not found")
+    examples = []
+    for r in ctx.records(path):
+        if r.task == name and r.answer is not None:
+            examples.append(Example(r.id, r.prompt(), [r.answer], list(r.choices)))
+            if ctx.limit is not None and len(examples) >= ctx.limit:
+                break
+    if not examples:
+        raise TaskUnavailable(name, f"not in {path}")
+    mc = all(len(e.choices) >= 2 for e in examples)
+    return Task(name, examples, ["choice", "exact_match"] if mc else ["exact_match"], split=ctx.split,
+                description=synth.TASKS[name].question, source=str(path))
+
+
+def _register_suite() -> None:
+    group_of = {t: g for g, members in synth.TASK_GROUPS.items() if g != "all" for t in members}
+    for name, spec in synth.TASKS.items():
+        group = group_of.get(name, "")
+        register_task(name, kind=_GROUP_KIND.get(group, group), description=spec.question,
+                      chance=1.0 / len(spec.choices), groups=("synth", group) if group else ("synth",))(
+            partial(_suite_task, name))
+
+
+_register_suite()
+
+
+# ---- generation tasks ----------------------------------------------------------------------------
+# the suite's media-output tasks (anymodal.data.synth_gen): the prompt asks for an image or a sound
+# and the record's "target" says what it must show; the checks read that back from the output
+_GEN_CHECKS = {"image": ["check:image.colour+image.shape", "check:image.colour", "check:image.shape"],
+               "audio": ["check:audio.beeps"]}
+
+
+def _gen_task(name: str, ctx: TaskContext) -> Task:
+    import json
+
+    if ctx.data_root is None:
+        raise TaskUnavailable(name, "no generation suite given (anymodal eval --data DIR)")
+    path = ctx.data_root / f"{ctx.split}.jsonl"
+    if not path.is_file():
+        raise TaskUnavailable(name, f"{path} not found")
+    examples, output = [], None
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    for r, line in zip(ctx.records(path), lines):
+        if r.task != name:
+            continue
+        target = next(s for s in r.segments if s.role == "target")
+        output = target.modality
+        examples.append(Example(r.id, r.prompt(), meta=dict(line.get("target", {}))))
+        if ctx.limit is not None and len(examples) >= ctx.limit:
+            break
+    if not examples:
+        raise TaskUnavailable(name, f"not in {path}")
+    if output not in _GEN_CHECKS:
+        raise TaskUnavailable(name, f"no check reads {output!r} outputs")
+    return Task(name, examples, _GEN_CHECKS[output], split=ctx.split, output=output, source=str(path))
+
+
+_GEN = (("gen.text_image", "text→image", 0.25 / 3, "'a red circle at the top left' -> image (colour, shape read back)"),
+        ("gen.text_audio", "text→audio", 0.25, "'three beeps, rising' -> sound (beeps counted)"),
+        ("gen.image_audio", "image→audio", 0.25, "'one beep per square' + squares -> sound (beeps counted)"))
+for _name, _kind, _chance, _what in _GEN:
+    assert _name in synth_gen.GEN_TASKS, _name  # the generator and this list move together
+    register_task(_name, kind=_kind, chance=_chance, groups=("gen",), description=_what)(partial(_gen_task, _name))

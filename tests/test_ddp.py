@@ -1,0 +1,250 @@
+"""The demo recipe on 2 CPU processes over gloo (``--trainer.strategy=ddp``) against one process
+with the same global batch: same losses, same final weights, and the two distributed failure
+modes handled on every rank at once -- a batch whose samples are all bad on rank 1 only (rank 1
+steps on a dummy row instead of leaving rank 0 waiting in the gradient all-reduce) and a NaN loss
+on rank 1 only (``model.nonfinite=skip``: the update is dropped on both ranks)."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+
+STEPS, POISON_STEP = 3, 2
+
+
+class PoisonLoss(L.Callback):
+    """Makes the loss of one rank NaN at one step (the weights stay finite)."""
+
+    def __init__(self, step: int, rank: int = 0):
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            batch.loss_weight.fill_(float("nan"))
+
+
+def _override(tmp: Path, name: str, data: Path, poison_rank: int) -> Path:
+    run = tmp / name
+    cfg = {"model": {"arch": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}, "val_generate": 0,
+                     "nonfinite": "skip", "warmup_steps": 1},
+           "data": {"root": str(data), "synthetic": None, "val": None, "seq_len": 256, "seed": 0},
+           "trainer": {"max_steps": STEPS, "limit_val_batches": 0, "log_every_n_steps": 1, "enable_progress_bar": False,
+                       "enable_model_summary": False, "default_root_dir": str(run),
+                       "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
+                       "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                      "init_args": {"dirpath": str(run / "ckpt"), "save_last": True}},
+                                     {"class_path": "test_ddp.PoisonLoss",
+                                      "init_args": {"step": POISON_STEP, "rank": poison_rank}}]}}
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _losses(run: Path) -> list[float]:
+    with open(run / "csv" / "metrics.csv") as fh:
+        return [float(r["train/loss"]) for r in csv.DictReader(fh)]
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, synth_root):
+    from anymodal.train.cli import run
+    from anymodal.train.sources import ResumableSampler
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(synth_root / "images", data / "images")
+    lines = (synth_root / "train.jsonl").read_text().splitlines()[:16]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
+    # corrupt exactly the 2 samples rank 1 takes in its first batch (batch_size 2 per rank)
+    bad = list(ResumableSampler(range(16), num_replicas=2, rank=1, seed=0))[:2]
+    for i in bad:
+        rec = json.loads(lines[i])
+        img = data / next(s["path"] for s in rec["segments"] if s["type"] == "image")
+        img.write_bytes(b"not a png")
+    demo = str(ROOT / "recipes" / "demo.yaml")
+    allow = ["--allow_class_path_prefix", "test_ddp."]
+
+    # the DDP launcher starts rank 1 as `anymodal fit ...` again: it must import this module too
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([str(Path(sys.executable).parent / "anymodal"), "fit", "--config", demo, "--config",
+                        str(_override(tmp_path, "ddp", data, poison_rank=1)), "--trainer.strategy=ddp",
+                        "--trainer.devices=2", "--trainer.accelerator=cpu", "--data.batch_size=2", *allow],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipped samples: 2; non-finite steps skipped: 1" in r.stdout, r.stdout[-2000:]
+
+    sys.argv = sys.argv[:1]  # LightningCLI warns when pytest's own arguments are present
+    run(["fit", "--config", demo, "--config", str(_override(tmp_path, "single", data, poison_rank=0)),
+         "--trainer.devices=1", "--trainer.accelerator=cpu", "--data.batch_size=4", *allow])
+
+    ddp, single = torch.tensor(_losses(tmp_path / "ddp")), torch.tensor(_losses(tmp_path / "single"))
+    assert len(ddp) == len(single) == STEPS
+    assert ddp[POISON_STEP].isnan() and single[POISON_STEP].isnan()  # logged as NaN, update dropped
+    torch.testing.assert_close(ddp[:POISON_STEP], single[:POISON_STEP], rtol=1e-5, atol=1e-6)
+    wd, ws = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    assert wd.keys() == ws.keys()
+    for k in wd:
+        torch.testing.assert_close(wd[k], ws[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def _tiny_recipe(tmp_path: Path, synth_root: Path, **model) -> Path:
+    lines = (synth_root / "train.jsonl").read_text().splitlines()[:8]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    if not (tmp_path / "images").exists():
+        shutil.copytree(synth_root / "images", tmp_path / "images")
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump({
+        "model": {"tokenizers": ["text.bytes", {"name": "image.patch", "patch_size": 8}],
+                  "arch": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}, **model},
+        "data": {"root": str(tmp_path), "train": "t.jsonl", "val": None, "batch_size": 4, "seq_len": 256},
+        "trainer": {"max_steps": 3, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                    "default_root_dir": str(tmp_path / "run"),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 1}},
+                                  {"class_path": "test_ddp.PoisonLoss", "init_args": {"step": 1}}]}}))
+    return p
+
+
+def test_nonfinite_loss_stops_with_a_clear_error_and_finite_checkpoint(tmp_path, synth_root):
+    from anymodal.train.cli import run
+    from anymodal.train.module import NonFiniteLossError
+
+    sys.argv = sys.argv[:1]
+    with pytest.raises(NonFiniteLossError, match=r"not finite at step 1 \(on 1 of 1 rank\(s\)\); stopping"):
+        run(["fit", "--config", str(_tiny_recipe(tmp_path, synth_root)), "--allow_class_path_prefix", "test_ddp."])
+    (ckpt,) = (tmp_path / "ckpt").glob("*.ckpt")  # step 1, before the NaN
+    assert all(torch.isfinite(v).all() for v in torch.load(ckpt, weights_only=True)["state_dict"].values())
+
+
+def test_nonfinite_loss_skip_drops_the_update(tmp_path, synth_root):
+    from anymodal.train.cli import run
+
+    sys.argv = sys.argv[:1]
+    run(["fit", "--config", str(_tiny_recipe(tmp_path, synth_root, nonfinite="skip")),
+         "--allow_class_path_prefix", "test_ddp."])
+    ck = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True)
+    assert ck["global_step"] == 3 and ck["anymodal_counters"] == {"skipped": 0, "nonfinite": 1}
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values())
+    # AdamW took 2 steps, not 3: the skipped step left the moments alone too
+    states = ck["optimizer_states"][0]["state"]
+    assert {int(s["step"]) for s in states.values()} == {2}
+
+
+def _fsdp_cli(tmp_path, *extra):
+    import lightning as L
+
+    from anymodal.train.cli import AnyModalCLI
+
+    class ParseOnly(AnyModalCLI):  # everything the recipe builds, except the Trainer (it needs CUDA)
+        def instantiate_trainer(self, **kwargs):
+            return None
+
+    sys.argv = sys.argv[:1]
+    return ParseOnly(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     run=False, parser_kwargs={"default_env": False},
+                     args=["--config", str(ROOT / "recipes" / "fsdp-gpu.yaml"), "--model.arch.dim=32",
+                           "--model.arch.n_layers=2", "--model.arch.n_heads=2", "--model.arch.n_kv_heads=1",
+                           f"--data.root={tmp_path}", *extra])
+
+
+def test_fsdp_recipe_builds_its_strategy_without_a_gpu(tmp_path):
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from anymodal.model.transformer import Block
+
+    cli = _fsdp_cli(tmp_path)
+    trainer_cfg = cli.config_init["trainer"]
+    strategy = trainer_cfg["strategy"]
+    assert isinstance(strategy, FSDPStrategy)
+    assert trainer_cfg["precision"] == "bf16-mixed" and trainer_cfg["accelerator"] == "gpu"
+    wrap = strategy.kwargs["auto_wrap_policy"]
+    ckpt = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
+    assert isinstance(wrap, ModuleWrapPolicy) and wrap._module_classes == {Block}
+    assert isinstance(ckpt, ModuleWrapPolicy) and ckpt._module_classes == {Block}
+    assert strategy._state_dict_type == "full"  # one .ckpt through AtomicCheckpointIO
+    assert str(strategy.sharding_strategy).endswith("FULL_SHARD")
+    # the policy selects exactly the decoder blocks of the model the recipe builds
+    model = cli.model.net.model
+    wrapped = [m for m in model.modules() if wrap._module_classes & {type(m)}]
+    assert len(wrapped) == 2 and all(isinstance(m, Block) for m in wrapped)
+    assert cli.datamodule.tokens_per_batch == 16384
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fsdp_recipe_trains_on_gpu(tmp_path, synth_root):
+    from anymodal.train.cli import run
+
+    shutil.copytree(synth_root, tmp_path / "data")
+    sys.argv = sys.argv[:1]
+    run(["fit", "--config", str(ROOT / "recipes" / "fsdp-gpu.yaml"), "--trainer.devices=1", "--trainer.max_steps=3",
+         "--model.arch.dim=64", "--model.arch.n_layers=2", "--model.arch.n_heads=2", "--model.arch.n_kv_heads=1",
+         f"--data.root={tmp_path / 'data'}", "--data.synthetic=null", "--data.seq_len=256",
+         "--data.tokens_per_batch=512", "--data.num_workers=0", "--trainer.logger=false",
+         f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.callbacks=[]", "--trainer.val_check_interval=2"])
+
+
+@pytest.mark.slow
+def test_ddp_packed_mixture_resume_is_exact(tmp_path, synth_root):
+    """2 ranks over gloo on the packed path (a manifest and shards): stopped at step 2 and resumed
+    with --ckpt_path last, each rank sees the batches and losses of the uninterrupted run (the
+    checkpoint written by rank 0 carries both ranks' reader states)."""
+    from anymodal.data.shards import write_shards
+
+    lines = (synth_root / "train.jsonl").read_text().splitlines()
+    shutil.copytree(synth_root / "images", tmp_path / "images")
+    (tmp_path / "a.jsonl").write_text("\n".join(lines[:10]) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[10:30]) + "\n")
+    write_shards(tmp_path / "b.jsonl", tmp_path / "shards", samples_per_shard=5)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+    def fit(name: str, crash_at: int = -1, *extra: str):
+        cfg = {"seed_everything": 0,
+               "model": {"tokenizers": ["text.bytes", {"name": "image.patch", "patch_size": 8, "max_tokens": 16}],
+                         "arch": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}, "warmup_steps": 1},
+               "data": {"root": str(tmp_path), "val": None, "seq_len": 160, "tokens_per_batch": 320,
+                        "sources": [{"path": "a.jsonl", "weight": 0.5}, {"shards": "shards", "weight": 0.5}]},
+               "trainer": {"max_steps": 4, "logger": False, "enable_progress_bar": False,
+                           "enable_model_summary": False, "limit_val_batches": 0,
+                           "strategy": "ddp", "devices": 2, "accelerator": "cpu",
+                           "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                          "init_args": {"dirpath": str(tmp_path / name / "ckpt"),
+                                                        "every_n_train_steps": 1, "save_last": True}},
+                                         {"class_path": "test_resume.Recorder",
+                                          "init_args": {"out": str(tmp_path / f"{name}-{{rank}}-{crash_at}.json"),
+                                                        "crash_at": crash_at}}]}}
+        recipe = tmp_path / f"{name}{crash_at}.yaml"
+        recipe.write_text(yaml.safe_dump(cfg))
+        return subprocess.run([str(Path(sys.executable).parent / "anymodal"), "fit", "--config", str(recipe),
+                               "--allow_class_path_prefix", "test_resume.", *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    r = fit("full")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = fit("resume", 2)
+    assert r.returncode != 0 and "simulated preemption" in r.stderr
+    r = fit("resume", -1, "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        full = json.loads((tmp_path / f"full-{rank}--1.json").read_text())
+        part = json.loads((tmp_path / f"resume-{rank}-2.json").read_text())
+        rest = json.loads((tmp_path / f"resume-{rank}--1.json").read_text())
+        assert part["rows"] == full["rows"][:2] and rest["rows"] == full["rows"][2:], rank
+    assert full["rows"][0]["batch"] != json.loads((tmp_path / "full-0--1.json").read_text())["rows"][0]["batch"]

@@ -1,0 +1,315 @@
+"""The synthetic suite: real files that decode, answers that the media really hold (read back by
+simple signal processing, not by the generator), balance, split separation and determinism."""
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anymodal.data.synth import (AUDIO_TASKS, CROSS_TASKS, IMAGE_TASKS, TASK_GROUPS, TASKS, VIDEO_TASKS,
+                                 SynthConfig, synthesize)
+
+PER = 8  # samples per task in the shared tiny suite (2 per answer of a 4-way task)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_all")
+    cfg = SynthConfig(train_per_task=PER, val_per_task=4, test_per_task=PER, image_size=32, tasks=["all"])
+    synthesize(root, cfg)
+    return root, cfg
+
+
+def _records(root: Path, split: str, task: str | None = None) -> list[dict]:
+    recs = [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
+    return [r for r in recs if task is None or r["task"] == task]
+
+
+def _media(root: Path, rec: dict, kind: str) -> list[Path]:
+    return [root / s["path"] for s in rec["segments"] if s["type"] == kind]
+
+
+# ---- reading the media back, independently of the generator -------------------------------------
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB")).astype(np.int32)
+
+
+def _mp4_pyav(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int32)
+
+
+def _mp4_decord(path: Path, indices=None) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(str(path))
+    indices = list(range(len(vr))) if indices is None else list(indices)
+    return vr.get_batch(indices).asnumpy().astype(np.int32)
+
+
+def _wav(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    assert (info.format, info.subtype, info.channels) == ("WAV", "PCM_16", 1)
+    wave, sr = sf.read(str(path), dtype="float32")
+    return wave, sr
+
+
+def _foreground(pixels: np.ndarray) -> np.ndarray:
+    """Pixels far from the background colour (the per-channel median: the background covers most
+    of every image and of every clip)."""
+    bg = np.median(pixels.reshape(-1, 3), axis=0)
+    return np.abs(pixels - bg).sum(-1) > 90
+
+
+def _blobs(mask: np.ndarray) -> int:
+    """Number of 4-connected components of a 2D boolean mask (a flood fill; no SciPy needed)."""
+    seen = np.zeros_like(mask)
+    n = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        n += 1
+        stack = [(y, x)]
+        seen[y, x] = True
+        while stack:
+            cy, cx = stack.pop()
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+    return n
+
+
+def _runs(active: np.ndarray) -> int:
+    """Number of runs of True in a 1D boolean array (rising edges, counting one at the start)."""
+    a = np.concatenate([[False], active.astype(bool)])
+    return int((a[1:] & ~a[:-1]).sum())
+
+
+def _count_beeps(wave: np.ndarray, sr: int) -> int:
+    hop = sr // 100  # 10 ms RMS frames
+    frames = wave[: len(wave) // hop * hop].reshape(-1, hop)
+    rms = np.sqrt((frames ** 2).mean(1))
+    return _runs(rms > 0.5 * rms.max())
+
+
+def _dominant_hz(x: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()])
+
+
+def _flashes(frames: np.ndarray) -> int:
+    lit = _foreground(frames).reshape(len(frames), -1).mean(1) > 0.05  # a flash covers >= ~20% of a frame
+    return _runs(lit)
+
+
+# ---- config --------------------------------------------------------------------------------------
+def test_default_is_the_image_suite():
+    assert SynthConfig().tasks == list(IMAGE_TASKS)
+
+
+def test_groups_expand_in_order_without_duplicates():
+    assert SynthConfig(tasks=["audio.pitch", "audio"]).tasks == ["audio.pitch", "audio.beeps"]
+    assert SynthConfig(tasks=["image", "video", "audio", "cross"]).tasks == list(TASK_GROUPS["all"])
+    assert SynthConfig(tasks="all").tasks == list(IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS)
+    assert sorted(TASK_GROUPS["all"]) == sorted(TASKS)
+
+
+@pytest.mark.parametrize("kw,match", [({"tasks": ["video.nope"]}, "video.nope"), ({"tasks": []}, "empty"),
+                                      ({"video_size": 31}, "video_size"), ({"video_frames": 4}, "video_frames"),
+                                      ({"audio_seconds": 0.7}, "audio_seconds"), ({"train_per_task": -1}, "train")])
+def test_bad_config_is_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SynthConfig(**kw)
+
+
+# ---- files are real and answers match the media --------------------------------------------------
+def test_every_file_decodes(suite):
+    root, cfg = suite
+    kinds = Counter()
+    for rec in _records(root, "train") + _records(root, "test"):
+        assert rec["answer"] in rec["choices"] and list(TASKS[rec["task"]].choices) == rec["choices"]
+        assert rec["segments"][0]["text"] == TASKS[rec["task"]].question
+        assert rec["segments"][-1] == {"type": "text", "text": rec["answer"], "role": "target"}
+        for p in _media(root, rec, "image"):
+            assert _png(p).shape == (cfg.image_size, cfg.image_size, 3)
+            kinds["image"] += 1
+        for p in _media(root, rec, "video"):
+            shape = (cfg.video_frames, cfg.video_size, cfg.video_size, 3)
+            a, b = _mp4_pyav(p), _mp4_decord(p)
+            assert a.shape == b.shape == shape
+            assert np.abs(a - b).mean() < 2  # the two decoders agree frame by frame
+            kinds["video"] += 1
+        for p in _media(root, rec, "audio"):
+            wave, sr = _wav(p)
+            assert sr == cfg.audio_rate and len(wave) == round(cfg.audio_rate * cfg.audio_seconds)
+            kinds["audio"] += 1
+    assert kinds["image"] and kinds["video"] and kinds["audio"]
+
+
+def test_motion_direction_from_centroids(suite):
+    root, _ = suite
+    for rec in _records(root, "train", "video.motion"):
+        frames = _mp4_pyav(_media(root, rec, "video")[0])
+        fg = _foreground(frames)
+        ys, xs = [], []
+        for m in (fg[0], fg[-1]):
+            y, x = np.nonzero(m)
+            ys.append(y.mean())
+            xs.append(x.mean())
+        dx, dy = xs[1] - xs[0], ys[1] - ys[0]
+        got = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert got == rec["answer"], rec["id"]
+        assert max(abs(dx), abs(dy)) > 5  # a clear motion, not jitter
+
+
+def test_flash_count_from_frames_also_at_half_frame_rate(suite):
+    root, cfg = suite
+    for rec in _records(root, "train", "video.flashes"):
+        p = _media(root, rec, "video")[0]
+        assert _flashes(_mp4_pyav(p)) == int(rec["answer"]), rec["id"]
+        # a tokenizer that samples every other frame still sees every flash
+        assert _flashes(_mp4_decord(p, range(0, cfg.video_frames, 2))) == int(rec["answer"]), rec["id"]
+
+
+def test_beep_count_from_the_energy_envelope(suite):
+    root, _ = suite
+    for rec in _records(root, "train", "audio.beeps"):
+        assert _count_beeps(*_wav(_media(root, rec, "audio")[0])) == int(rec["answer"]), rec["id"]
+
+
+def test_pitch_direction_from_the_spectrum(suite):
+    root, _ = suite
+    for rec in _records(root, "train", "audio.pitch"):
+        wave, sr = _wav(_media(root, rec, "audio")[0])
+        hop = sr // 100
+        rms = np.sqrt((wave[: len(wave) // hop * hop].reshape(-1, hop) ** 2).mean(1))
+        on = np.nonzero(rms > 0.3 * rms.max())[0]
+        a, b = on[0] * hop, (on[-1] + 1) * hop
+        quarter = (b - a) // 4
+        f_start, f_end = _dominant_hz(wave[a:a + quarter], sr), _dominant_hz(wave[b - quarter:b], sr)
+        assert ("rising" if f_end > f_start else "falling") == rec["answer"], rec["id"]
+        assert max(f_start, f_end) / min(f_start, f_end) > 1.4
+
+
+def test_beeps_vs_squares_needs_both_media(suite):
+    root, _ = suite
+    for rec in _records(root, "train", "cross.beeps_squares"):
+        squares = _blobs(_foreground(_png(_media(root, rec, "image")[0])))
+        beeps = _count_beeps(*_wav(_media(root, rec, "audio")[0]))
+        assert ("yes" if squares == beeps else "no") == rec["answer"], rec["id"]
+
+
+def test_more_circles_from_two_images(suite):
+    root, _ = suite
+    for rec in _records(root, "train", "cross.more_circles"):
+        a, b = (_blobs(_foreground(_png(p))) for p in _media(root, rec, "image"))
+        assert a != b and ("first" if a > b else "second") == rec["answer"], rec["id"]
+
+
+def test_single_shape_answers_match(suite):
+    """Shape from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2),
+    colour from its mean pixel, position from its centroid."""
+    from anymodal.data.synth import COLOURS, POSITIONS
+
+    root, cfg = suite
+    half = cfg.image_size / 2
+    for task in ("image.shape", "image.colour", "image.position"):
+        for rec in _records(root, "train", task):
+            px = _png(_media(root, rec, "image")[0])
+            fg = _foreground(px)
+            ys, xs = np.nonzero(fg)
+            fill = fg.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+            got = {"image.shape": min([("square", 0.95), ("circle", 0.785), ("triangle", 0.5)],
+                                      key=lambda sf: abs(sf[1] - fill))[0],
+                   "image.colour": min(COLOURS, key=lambda c: np.abs(px[fg].mean(0) - COLOURS[c]).sum()),
+                   "image.position": POSITIONS[2 * int(ys.mean() >= half) + int(xs.mean() >= half)]}[task]
+            assert got == rec["answer"], (rec["id"], fill)
+
+
+def test_image_count_matches(suite):
+    root, _ = suite
+    for rec in _records(root, "train", "image.count"):
+        assert _blobs(_foreground(_png(_media(root, rec, "image")[0]))) == int(rec["answer"]), rec["id"]
+
+
+# ---- balance, splits, determinism ----------------------------------------------------------------
+def test_answers_are_balanced(suite):
+    root, _ = suite
+    for split in ("train", "test"):
+        for task, spec in TASKS.items():
+            counts = Counter(r["answer"] for r in _records(root, split, task))
+            assert sum(counts.values()) == PER
+            assert set(counts) == set(spec.choices) and max(counts.values()) - min(counts.values()) <= 1, (
+                split, task, counts)
+
+
+def _digests(root: Path, split: str) -> set[str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest()
+            for rec in _records(root, split) for s in rec["segments"] if "path" in s for p in [root / s["path"]]}
+
+
+def test_splits_share_no_media(suite):
+    root, _ = suite
+    train, test = _digests(root, "train"), _digests(root, "test")
+    assert len(train) == sum(len(_media(root, r, k)) for r in _records(root, "train") for k in ("image", "video", "audio"))
+    assert not train & test
+
+
+def test_deterministic_and_independent_of_other_tasks(suite, tmp_path):
+    root, cfg = suite
+    tasks = ["audio.beeps", "video.flashes"]
+    one = SynthConfig(train_per_task=PER, val_per_task=0, test_per_task=0, image_size=32, tasks=tasks)
+    synthesize(tmp_path, one)
+    for task in tasks:
+        # same bytes, in the same order, as in the suite written with all ten tasks
+        here = sorted(_records(tmp_path, "train", task), key=lambda r: int(r["id"].rsplit("/", 1)[1]))
+        there = sorted(_records(root, "train", task), key=lambda r: int(r["id"].rsplit("/", 1)[1]))
+        assert [r["answer"] for r in here] == [r["answer"] for r in there]
+        for a, b in zip(here, there):
+            pa, pb = _media(tmp_path, a, "audio") + _media(tmp_path, a, "video"), \
+                _media(root, b, "audio") + _media(root, b, "video")
+            assert [p.read_bytes() for p in pa] == [p.read_bytes() for p in pb]
+    other = SynthConfig(train_per_task=PER, val_per_task=0, test_per_task=0, image_size=32, tasks=tasks, seed=1)
+    synthesize(tmp_path / "seed1", other)
+    assert not _digests(tmp_path, "train") & _digests(tmp_path / "seed1", "train")
+
+
+def test_synthesize_skips_an_identical_suite_and_redoes_a_changed_one(tmp_path):
+    cfg = SynthConfig(train_per_task=2, val_per_task=1, test_per_task=1, tasks=["audio.pitch"])
+    paths = synthesize(tmp_path, cfg)
+    t0 = paths["train"].stat().st_mtime_ns
+    assert synthesize(tmp_path, cfg)["train"].stat().st_mtime_ns == t0
+    stamp = json.loads((tmp_path / "synth.json").read_text())
+    assert stamp["version"] == 2 and stamp["tasks"] == ["audio.pitch"]
+    synthesize(tmp_path, SynthConfig(train_per_task=3, val_per_task=1, test_per_task=1, tasks=["audio.pitch"]))
+    assert len(_records(tmp_path, "train")) == 3
+
+
+def test_cli_synth_takes_groups_and_sizes(tmp_path, capsys):
+    """The smallest clips allowed (8 frames, 0.8 s) still hold four flashes or beeps that can be told apart."""
+    from anymodal.cli import main
+
+    rc = main(["data", "synth", "--out", str(tmp_path), "--train", "8", "--val", "1", "--test", "1",
+               "--tasks", "video,audio.beeps", "--video-size", "24", "--video-frames", "8", "--audio-seconds", "0.8"])
+    assert rc == 0 and "train: 24 samples" in capsys.readouterr().out
+    for rec in _records(tmp_path, "train", "video.flashes"):
+        frames = _mp4_pyav(_media(tmp_path, rec, "video")[0])
+        assert frames.shape == (8, 24, 24, 3) and _flashes(frames) == int(rec["answer"]), rec["id"]
+    for rec in _records(tmp_path, "train", "audio.beeps"):
+        wave, sr = _wav(_media(tmp_path, rec, "audio")[0])
+        assert len(wave) == 12800 and _count_beeps(wave, sr) == int(rec["answer"]), rec["id"]
+    assert main(["data", "synth", "--out", str(tmp_path), "--tasks", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
