@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.anymodal-installed
-EXTRAS ?= dev,video
+EXTRAS ?= dev,video,codec,hf,eval
 PYTEST_ARGS ?=
 RUN ?= runs/demo
 
@@ -33,7 +33,7 @@ demo: install
 	@start=$$(date +%s); \
 	$(BIN)/anymodal fit --config recipes/demo.yaml && \
 	$(BIN)/anymodal export --ckpt $(RUN)/checkpoints/last.ckpt --out $(RUN)/export && \
-	$(BIN)/anymodal eval --model $(RUN)/export --manifest $(RUN)/data/test.jsonl --out $(RUN)/eval --quiet && \
+	$(BIN)/anymodal eval --model $(RUN)/export --data $(RUN)/data --tasks synth --out $(RUN)/eval --quiet && \
 	$(PY) examples/interleaved_inference.py $(RUN)/export $(RUN)/data && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; checkpoint, logs and report under $(RUN)/"
 

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale inside generated media spans (1 = off)")
+                   help="classifier-free guidance scale inside spans of media trained with cfg_dropout (1 = off)")
     g.add_argument("--out", default=None, help="folder to write the output segments to")
     g.set_defaults(parts=[])
     d = sub.add_parser("data", help="data tools")

@@ -262,8 +262,16 @@ class _Decoder:
             if bad:
                 raise KeyError(f"guidance names {bad}, which are not generatable media tokenizers {media}")
             self.guidance = {n: float(g) for n, g in guidance.items() if g is not None}
+        elif guidance is not None:
+            # a single scale guides the media whose unconditional branch was trained (cfg_dropout > 0);
+            # guiding another one subtracts logits the model never learned to give
+            trained = [n for n in media if getattr(self.cons.discrete_media[n], "cfg_dropout", 0.0) > 0]
+            if not trained and float(guidance) != 1.0:
+                raise ValueError(f"guidance={guidance}: no generatable tokenizer of this model was trained with "
+                                 f"cfg_dropout > 0 ({media}); pass {{name: scale}} to guide one anyway")
+            self.guidance = {n: float(guidance) for n in trained}
         else:
-            self.guidance = {n: float(guidance) for n in media} if guidance is not None else {}
+            self.guidance = {}
         self.B = len(prompts)
         self.cfg = any(g != 1.0 for g in self.guidance.values())
         segs = [to_segments(p) for p in prompts]
@@ -290,7 +298,8 @@ class _Decoder:
         for row in rows:
             row.index += 1
         return Batch(
-            ids=torch.tensor(ids, device=dev)[:, None], modality=torch.tensor([p[3] for p in placed], device=dev)[:, None],
+            ids=torch.tensor(ids, device=dev)[:, None],
+            modality=torch.tensor([p[3] for p in placed], device=dev)[:, None],
             pos=pos, doc=torch.zeros(R, 1, dtype=torch.long, device=dev),
             span=torch.tensor([p[2] for p in placed], device=dev)[:, None],
             bidir=torch.tensor([p[4] for p in placed], device=dev)[:, None],
@@ -382,16 +391,26 @@ def generate(model: "AnyModal", prompt: Any, max_new_tokens: int = 64, temperatu
              use_cache: bool = True, stop_at_eos: bool = True, return_logits: bool = False,
              sampling: dict[str, dict] | None = None, guidance: float | dict[str, float] | None = None,
              stream: bool = False, forced: list | None = None):
-    """See :meth:`anymodal.AnyModal.generate`.
+    """Continue a prompt (or a list of prompts, one batch); see :meth:`anymodal.AnyModal.generate`.
 
-    ``sampling``: per-tokenizer overrides of ``temperature``/``top_k``/``top_p``, used while
-    that tokenizer's span is open (the text tokenizer's name for text), e.g.
-    ``{"image.fsq": {"temperature": 1.0, "top_k": 20}}``. ``guidance``: classifier-free
-    guidance scale inside media spans (a float for every generatable tokenizer, or per name;
-    1 or None = off). ``forced``: ids (one list per prompt) emitted instead of sampled at the
-    first steps (teacher forcing: scoring a known continuation). ``stream=True`` returns an
-    iterator of segments as they complete (``(prompt_index, segment)`` for a batch).
-    ``return_logits``: also return the (B, steps, V) logits each step sampled from.
+    - ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``seed``: sampling.
+    - ``sampling``: per-tokenizer overrides of those three, used while that tokenizer's span is
+      open (the text tokenizer's name for text), e.g. ``{"image.fsq": {"temperature": 0.7}}``.
+    - ``guidance``: classifier-free guidance scale inside media spans (Ho & Salimans 2022): a
+      float guides every tokenizer trained with ``cfg_dropout > 0``; ``{name: scale}`` guides
+      exactly those; 1 or None = off.
+    - ``forced``: ids (one list per prompt) emitted instead of sampled at the first steps
+      (teacher forcing: scoring a known continuation).
+    - ``stream=True``: an iterator of segments as they complete (``(prompt_index, segment)``
+      for a batch) instead of the finished outputs.
+    - ``return_logits``: also return the (B, steps, V) logits each step sampled from.
+
+    Example::
+
+        out = model.generate("a red circle at the top left", max_new_tokens=70, guidance=2.0)
+        out.segments[0].save("circle.png")
+        for seg in model.generate(["one beep per square", am.Image("sq.png")], stream=True):
+            print(seg)
     """
     batch = _is_batch(prompt)
     prompts = list(prompt) if batch else [prompt]

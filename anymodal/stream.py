@@ -45,7 +45,7 @@ class Vocabulary:
 
     >>> v = Vocabulary(build_tokenizers(["text.bytes", "image.patch"]))
     >>> v.size, v.bos, v.begin["image.patch"]
-    (262, 256, 259)
+    (261, 256, 259)
     """
 
     def __init__(self, tokenizers: Sequence[ModalityTokenizer]):

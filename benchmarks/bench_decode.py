@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUICK, interleaved, save, text_of  # noqa: E402
-from peers import copy_to_hf, hf_llama  # noqa: E402
+from common import QUICK, interleaved, save, text_of
+from peers import copy_to_hf, hf_llama
 
-import anymodal as am  # noqa: E402
-from anymodal.model import debug, small  # noqa: E402
+import anymodal as am
+from anymodal.model import debug, small
 
 PRESET = debug if QUICK else small
 CONTEXT = 200 if QUICK else 1000

@@ -21,7 +21,10 @@ Run: ``python benchmarks/bench_training.py`` -> benchmarks/results/training.json
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import math
+import os
 import random
 import sys
 import time
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     QUICK,
     attention_pairs,
     interleaved,
@@ -41,11 +44,11 @@ from common import (  # noqa: E402
     text_of,
     train_flops,
 )
-from peers import copy_to_hf, hf_llama, hf_positions, max_logit_difference  # noqa: E402
+from peers import copy_to_hf, hf_llama, hf_positions, max_logit_difference
 
-import anymodal as am  # noqa: E402
-from anymodal.model import debug, lm_loss, small  # noqa: E402
-from anymodal.packing import pack, pad  # noqa: E402
+import anymodal as am
+from anymodal.model import debug, lm_loss, small
+from anymodal.packing import pack, pad
 
 PRESET = debug if QUICK else small
 SEQ, ROWS = (256, 2) if QUICK else (1024, 4)
@@ -175,7 +178,7 @@ def lightning_steps(module, batch, steps: int) -> list[float]:
                         limit_val_batches=0, callbacks=[clock.as_callback()])
     loader = torch.utils.data.DataLoader(_Repeat(batch, steps + 2), batch_size=None, collate_fn=lambda b: b)
     trainer.fit(module, loader)
-    return [b - a for a, b in zip(clock.starts[:-1], clock.starts[1:])]  # steps - 1 intervals after step 0
+    return [b - a for a, b in itertools.pairwise(clock.starts)]  # steps - 1 intervals after step 0
 
 
 def plain_steps(module, batch, steps: int) -> list[float]:
@@ -199,7 +202,7 @@ def plain_steps(module, batch, steps: int) -> list[float]:
         sched.step()
         opt.zero_grad(set_to_none=True)
     starts.append(time.perf_counter())
-    return [b - a for a, b in zip(starts[1:-1], starts[2:])]  # drop the first (warm-up) step
+    return [b - a for a, b in itertools.pairwise(starts[1:])]  # drop the first (warm-up) step
 
 
 def mfu(rounds: int, steps: int) -> dict:
@@ -218,10 +221,13 @@ def mfu(rounds: int, steps: int) -> dict:
     tokens = batch.ids.numel()
     pairs = attention_pairs(batch.doc)
     flops = train_flops(cfg, n_mm, tokens, pairs)
+    # the peak is sampled between every block too: MFU divides the best step by the best peak, two
+    # estimates of the quiet machine (a peak taken under load from other processes would be low)
     peaks = [matmul_peak()]
     plain, light = [], []
     for _ in range(rounds):  # blocks alternate so that load from other processes hits both
         plain += plain_steps(module, batch, steps)
+        peaks.append(matmul_peak())
         light += lightning_steps(module, batch, steps)
         peaks.append(matmul_peak())
     peak = max(peaks)
@@ -244,7 +250,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2 if QUICK else 4)
     args = ap.parse_args()
     parts = {"vs_hf": lambda: vs_hf(args.repeats), "packing": lambda: packing(args.repeats),
-             "mfu": lambda: mfu(2, 2 if QUICK else 4)}
+             "mfu": lambda: mfu(2 if QUICK else 3, 2 if QUICK else 4)}
     result = {}
     for name, run in parts.items():
         if args.only and name != args.only:
@@ -252,8 +258,16 @@ def main():
         t = time.perf_counter()
         result[name] = run()
         result[name]["wall_s"] = time.perf_counter() - t
+        result[name]["measured"] = {"at": time.strftime("%Y-%m-%d %H:%M"), "load_average": os.getloadavg()}
         print(name, {k: v for k, v in result[name].items() if not isinstance(v, (dict, list))}, flush=True)
-    save("training" if not args.only else f"training_{args.only}", result)
+    if args.only:  # re-measure one part: keep the others from the last full run
+        from common import RESULTS
+
+        last = RESULTS / "training.json"
+        if last.is_file():
+            old = json.loads(last.read_text())
+            result = {**{k: v for k, v in old.items() if k in parts}, **result}
+    save("training", result)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ machine is quiet, and the medians are kept in the JSON next to it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -16,8 +17,8 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -89,8 +90,7 @@ def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
 
 
 # ---- data ----------------------------------------------------------------------------------------
-WORDS = ("the a red blue green circle square triangle moves left right up down beeps twice once "
-         "image audio video shows how many what colour is there answer yes no").split()
+WORDS = ["the", "a", "red", "blue", "green", "circle", "square", "triangle", "moves", "left", "right", "up", "down", "beeps", "twice", "once", "image", "audio", "video", "shows", "how", "many", "what", "colour", "is", "there", "answer", "yes", "no"]
 
 
 def text_of(n_chars: int, rng: random.Random) -> str:
@@ -141,7 +141,7 @@ def attention_pairs(doc: torch.Tensor) -> int:
     for row in doc:
         change = torch.nonzero(row[1:] != row[:-1]).flatten() + 1
         bounds = [0, *change.tolist(), row.numel()]
-        total += sum((e - s) * (e - s + 1) // 2 for s, e in zip(bounds[:-1], bounds[1:]))
+        total += sum((e - s) * (e - s + 1) // 2 for s, e in itertools.pairwise(bounds))
     return total
 
 

@@ -45,9 +45,9 @@ def hf_positions(batch) -> torch.Tensor:
 def max_logit_difference(tokenizers, cfg_factory) -> float:
     """Largest |logit| difference between anymodal (QK-norm and media positions off, plain RoPE)
     and the Llama holding its weights, on a packed batch: ~1e-5 means the same function."""
-    import anymodal as am
-
     from common import packed_text_batch
+
+    import anymodal as am
 
     torch.manual_seed(0)
     m = am.AnyModal(tokenizers, cfg_factory(qk_norm=False, media_pos_embed=False, rope="rope")).eval()

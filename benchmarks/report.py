@@ -30,19 +30,21 @@ def _goal(rows: list, what: str, value: float | None, goal: str, ok: bool | None
 
 def _machine(data: dict) -> list[str]:
     m = data["machine"]
-    return [f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}, "
-            f"{m.get('memory_gib', '?')} GiB RAM; {m['platform']}",
-            f"- Python {m['python']}, torch {m['torch']}, transformers {m.get('transformers')}, "
-            f"lightning {m.get('lightning')}, xformers {m.get('xformers')} (GPU: {m.get('cuda') or 'none'})"]
+    fewer = (" (a `BENCH_THREADS` run with fewer threads than cores: see *Noise* in the analysis)"
+             if m["torch_threads"] < (m["logical_cpus"] or 1) else "")
+    return [(f"- CPU: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}{fewer}, "
+             f"{m.get('memory_gib', '?')} GiB RAM; {m['platform']}"),
+            (f"- Python {m['python']}, torch {m['torch']}, transformers {m.get('transformers')}, "
+             f"lightning {m.get('lightning')}, xformers {m.get('xformers')} (GPU: {m.get('cuda') or 'none'})")]
 
 
 def _attention_section(att: dict, title: str) -> list[str]:
     out = []
     s = att["shape"]
     out += [title, "",
-            f"{s['heads']} query heads, {s['kv_heads']} KV heads, head_dim {s['head_dim']}, {s['dtype']}; "
+            (f"{s['heads']} query heads, {s['kv_heads']} KV heads, head_dim {s['head_dim']}, {s['dtype']}; "
             "one packed row. `lower_bound`: the documents as one padding-free batch (equal lengths) or each "
-            "alone (mixed), laid out beforehand. `varlen`/`sdpa`/`eager` build their mask or plan on every call.",
+            "alone (mixed), laid out beforehand. `varlen`/`sdpa`/`eager` build their mask or plan on every call."),
             "", "| case | backend | fwd+bwd ms (best) | median |", "|---|---|---|---|"]
     for case in ("train_equal", "train_mixed"):
         c = att[case]
@@ -54,11 +56,11 @@ def _attention_section(att: dict, title: str) -> list[str]:
             "| backend | fwd ms (best) |", "|---|---|"]
     for k, v in inf["times"].items():
         out.append(f"| {k} | {_ms(v['best_s'])} |")
-    out += ["", f"`flex` first call (compilation): {inf['flex_first_call_s']:.1f} s; flex / varlen = "
+    out += ["", (f"`flex` first call (compilation): {inf['flex_first_call_s']:.1f} s; flex / varlen = "
             f"{inf['flex_over_varlen']:.2f}x building the mask each call, "
             f"{inf.get('flex_over_varlen_reused_mask', float('nan')):.2f}x with it built once (`+reused_mask`: "
-            "as the layers of one forward share it).", "",
-            f"Peak memory of one forward + backward, MiB ({att['memory_method']}); documents of 256:", ""]
+            "as the layers of one forward share it)."), "",
+            f"Peak memory of one forward + backward, MiB, documents of 256. Method: {att['memory_method']}.", ""]
     mem = att["memory"]
     Ts = sorted({r["T"] for r in mem})
     bks = list(dict.fromkeys(r["backend"] for r in mem))
@@ -68,15 +70,17 @@ def _attention_section(att: dict, title: str) -> list[str]:
         for b in bks:
             r = next((r for r in mem if r["T"] == T and r["backend"] == b), None)
             cells.append("skipped" if r is None or r.get("peak_extra_mib") is None else
-                         f"{r['peak_extra_mib']:.0f} ({r['seconds']:.1f} s)")
+                         f"{r['peak_extra_mib']:.0f} ({r['seconds']:.2f} s)")
         out.append(f"| {T} | " + " | ".join(cells) + " |")
-    out += ["", "(seconds: that one call, in its fresh process.) `eager` stops at 4096: its (H, T, T) scores "
-            "and their gradients would need several GiB beyond.", ""]
+    out += ["", ("(seconds: that one call, in its fresh process.) `eager` stops at 4096: its (H, T, T) scores "
+            "and their gradients would need several GiB beyond."), ""]
     return out
 
 
-def write_results(total_s: float | None = None, walls: dict | None = None, failed: list | None = None) -> Path:
+def write_results() -> Path:
     att, tr, dec = _load("attention"), _load("training"), _load("decode")
+    run = _load("run") or {}  # written by run_all.py: wall time per script
+    total_s, walls, failed = run.get("total_s"), run.get("walls"), run.get("failed")
     first = next((d for d in (att, tr, dec) if d), None)
     out = ["# Benchmark results", "",
            "Written by `make bench` (benchmarks/run_all.py -> report.py); raw numbers in benchmarks/results/*.json.",
@@ -86,10 +90,13 @@ def write_results(total_s: float | None = None, walls: dict | None = None, faile
         out.append("No results yet: run `make bench`.")
     else:
         out += ["## Machine", ""] + _machine(first)
-        loads = [d["machine"].get("load_average") for d in (att, tr, dec) if d]
-        out.append(f"- load average (1, 5, 15 min) when each benchmark finished: {loads}. The machine's 2 cores "
-                   "were shared with other processes during some runs: a load above ~2 means the absolute "
-                   "numbers are low and noisy; the interleaved ratios are steadier.")
+        loads = {n: "/".join(f"{x:.1f}" for x in d["machine"]["load_average"])
+                 for n, d in (("attention", att), ("training", tr), ("decode", dec))
+                 if d and d["machine"].get("load_average")}
+        out.append("- load average (1/5/15 min) when each benchmark finished: "
+                   + ", ".join(f"{k} {v}" for k, v in loads.items())
+                   + f". Above {first['machine']['logical_cpus']}, other processes shared the cores: absolute "
+                   "numbers are then low and noisy, the interleaved ratios steadier (see the analysis below).")
         out.append(f"- written {time.strftime('%Y-%m-%d %H:%M')}" + (f"; all benchmarks took {total_s / 60:.1f} min"
                                                                     if total_s else ""))
         if walls:
@@ -135,25 +142,25 @@ def write_results(total_s: float | None = None, walls: dict | None = None, faile
     if tr and "vs_hf" in tr:
         r = tr["vs_hf"]
         out += ["## Training throughput vs Hugging Face Llama", "",
-                f"small preset, {r['rows']} rows x {r['seq_len']} tokens of packed documents (64-512 tokens), "
+                (f"small preset, {r['rows']} rows x {r['seq_len']} tokens of packed documents (64-512 tokens), "
                 "forward + backward + AdamW, same loss. `anymodal_same_function`: QK-norm and learned media "
                 f"positions off, 1D RoPE ({r['anymodal_params'] / 1e6:.2f} M parameters, Llama "
                 f"{r['hf_params'] / 1e6:.2f} M); with Llama's weights copied in, the logits agree to "
                 f"{r['max_logit_difference_same_weights']:.1e}. `anymodal_default`: the preset as it trains "
                 f"(QK-norm, M-RoPE, media positions; {r['anymodal_default_params'] / 1e6:.2f} M): "
-                f"{r['ratio_default_vs_hf_doc_mask']:.2f}x Llama.", "",
+                f"{r['ratio_default_vs_hf_doc_mask']:.2f}x Llama."), "",
                 "| side | step (ms, best) | median | tokens/s |", "|---|---|---|---|"]
         for k, v in r["times"].items():
             out.append(f"| {k} | {_ms(v['best_s'])} | {_ms(v['median_s'])} | {r['tokens_per_s'][k]:.0f} |")
-        out += ["", "`hf_llama_doc_mask`: position ids restart per document, transformers builds the document mask "
+        out += ["", ("`hf_llama_doc_mask`: position ids restart per document, transformers builds the document mask "
                 "(dense for SDPA). `hf_llama_causal_no_isolation`: no position ids, documents see each other "
-                "(wrong for packing; its fastest path), for reference.", ""]
+                "(wrong for packing; its fastest path), for reference."), ""]
     if tr and "packing" in tr:
         p = tr["packing"]
         out += ["## Packing vs padding", "",
-                f"{p['samples']} interleaved text+image samples, {p['useful_tokens']} useful tokens, lengths "
+                (f"{p['samples']} interleaved text+image samples, {p['useful_tokens']} useful tokens, lengths "
                 f"{p['lengths'][0]}-{p['lengths'][-1]}. Packed {p['packed_shape']} ({p['packed_fill']:.0%} filled) vs "
-                f"padded {p['padded_shape']} ({p['padded_fill']:.0%} filled).", "",
+                f"padded {p['padded_shape']} ({p['padded_fill']:.0%} filled)."), "",
                 "| layout | step (ms, best) | useful tokens/s |", "|---|---|---|"]
         for k, v in p["times"].items():
             out.append(f"| {k} | {_ms(v['best_s'])} | {p['useful_tokens_per_s'][k]:.0f} |")
@@ -166,12 +173,12 @@ def write_results(total_s: float | None = None, walls: dict | None = None, faile
     if tr and "mfu" in tr:
         m = tr["mfu"]
         out += ["## Model FLOPs utilisation and Lightning overhead", "",
-                f"small preset, {m['params_matmul'] / 1e6:.2f} M matmul parameters (N: every Linear weight incl. the "
+                (f"small preset, {m['params_matmul'] / 1e6:.2f} M matmul parameters (N: every Linear weight incl. the "
                 f"LM head; embeddings are lookups), {m['tokens_per_step']} tokens per step. FLOPs per step = 6 N "
                 "tokens + 12 * head_dim * heads * layers * (causal same-document query-key pairs) "
                 f"= {m['flops_per_step'] / 1e9:.1f} GFLOP (attention {m['attention_flop_share']:.0%}). "
                 f"fp32 matmul peak: best 2048^3 GEMM in the same run, {m['matmul_peak_flops'] / 1e9:.0f} GFLOP/s "
-                f"(seen: {', '.join(f'{x / 1e9:.0f}' for x in m['matmul_peaks_seen'])}).", "",
+                f"(seen: {', '.join(f'{x / 1e9:.0f}' for x in m['matmul_peaks_seen'])})."), "",
                 "| loop | step ms (best) | median | MFU (best) |", "|---|---|---|---|"]
         for k, key in (("plain PyTorch", "plain_step_s"), ("Lightning", "lightning_step_s")):
             xs = sorted(m[key])
@@ -180,17 +187,20 @@ def write_results(total_s: float | None = None, walls: dict | None = None, faile
         out.append("")
     if dec:
         out += ["## Decoding", "",
-                f"small preset, batch 1, {dec['context']}-token prompt, {dec['new_tokens']} greedy new tokens. "
+                (f"small preset, batch 1, {dec['context']}-token prompt, {dec['new_tokens']} greedy new tokens. "
                 "Steady rate = (N - 1) / (t(N) - t(1)). `cached`/`uncached`: anymodal as the same function as the "
                 "Llama (its weights copied into `hf`), KV cache on/off; `default`: the preset with QK-norm and "
                 f"M-RoPE, cached. Same ids cached vs uncached: {dec['cached_equals_uncached_ids']}; same ids as "
-                f"HF generate: {dec.get('same_ids_as_hf')}.", "",
+                f"HF generate: {dec.get('same_ids_as_hf')}."), "",
                 "| side | end-to-end tokens/s | steady tokens/s |", "|---|---|---|"]
         for k in ("cached", "uncached", "hf", "default"):
             out.append(f"| {k} | {dec['tokens_per_s_end_to_end'][k]:.1f} | {dec['tokens_per_s_steady'][k]:.1f} |")
         out.append("")
     for md in sorted(RESULTS.glob("*.md")):  # fragments other benchmarks write (e.g. bench_media.py)
-        out += [md.read_text().rstrip(), ""]
+        text = md.read_text().rstrip()
+        if not text.startswith("#"):
+            text = f"## {md.stem} (benchmarks/results/{md.name})\n\n{text}"
+        out += [text, ""]
     analysis = HERE / "ANALYSIS.md"
     if analysis.is_file():
         out += [analysis.read_text().rstrip(), ""]

@@ -7,6 +7,7 @@ scripts (e.g. ``bench_media.py``) run too, after these; a failing one is reporte
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,10 @@ OURS = ["bench_attention.py", "bench_training.py", "bench_decode.py"]
 
 def main() -> int:
     scripts = OURS + sorted(p.name for p in HERE.glob("bench_*.py") if p.name not in OURS)
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores / 2:  # a busy neighbour stalls every OpenMP barrier of a multi-threaded run
+        print(f"warning: load average {load:.1f} on {cores} cores: other processes will make the numbers noisy; "
+              "wait for a quiet machine, or run with BENCH_THREADS=1 (robust to one busy neighbour)", flush=True)
     start = time.perf_counter()
     failed = []
     walls = {}
@@ -31,9 +36,12 @@ def main() -> int:
         print(f"== {name}: {'ok' if rc == 0 else f'exit {rc}'} in {walls[name]:.0f} s", flush=True)
         if rc:
             failed.append(name)
-    from report import write_results
+    from report import RESULTS, write_results
 
-    path = write_results(total_s=time.perf_counter() - start, walls=walls, failed=failed)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "run.json").write_text(json.dumps({"total_s": time.perf_counter() - start, "walls": walls,
+                                                  "failed": failed}, indent=2))
+    path = write_results()
     print(f"wrote {path} ({time.perf_counter() - start:.0f} s in all)")
     return 1 if any(n in OURS for n in failed) else 0
 

@@ -125,7 +125,8 @@ def test_autoencoder_learns_synthetic_shapes():
     rng = random.Random(0)
     from anymodal.data.synth import COLOURS, POSITIONS, SHAPES
 
-    imgs = [draw_scene(rng, 16, rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(POSITIONS)) for _ in range(32)]
+    imgs = [draw_scene(rng, 16, rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(POSITIONS))
+            for _ in range(32)]
     x = torch.stack([torch.tensor(np.asarray(i)).permute(2, 0, 1).float() / 255 for i in imgs])
     ae = FSQAutoencoder(FSQConfig(image_size=16, levels=[8, 5, 5], channels=16))
     before = psnr(ae(x).clamp(0, 1), x).mean().item()

@@ -45,8 +45,8 @@ def test_teacher_forced_generation_equals_full_stream(model, use_cache):
     """Generated media tokens get the (t, h, w) positions, grid, span and modality they have in
     training: forcing a training stream's continuation reproduces its logits exactly."""
     prompt = ["draw this", am.Image(_image(1)), "then"]
-    target = [am.Image(_image(2), role="target"), am.Text(" and ", role="target"), am.Audio(_audio(3).data,
-                                                                                          role="target", sample_rate=24000)]
+    target = [am.Image(_image(2), role="target"), am.Text(" and ", role="target"),
+              am.Audio(_audio(3).data, role="target", sample_rate=24000)]
     p = model.builder.build(prompt, add_eos=False)
     s, ref = _full_logits(model, prompt + target)
     assert torch.equal(s.ids[:len(p)], p.ids)
@@ -165,7 +165,7 @@ def test_guidance_mixes_conditional_and_unconditional_logits(model):
     _, cond = model.generate(prompt, **kw)
     _, unc = model.generate([], **kw)
     _, guided = model.generate(prompt, guidance={"image.fsq": 3.0}, **kw)
-    _, same = model.generate(prompt, guidance=1.0, **kw)
+    _, same = model.generate(prompt, guidance={"image.fsq": 1.0}, **kw)
     torch.testing.assert_close(same, cond)
     in_span = slice(1, 18)  # the steps that choose the 16 codes and the end marker
     torch.testing.assert_close(guided[0, in_span], unc[0, in_span] + 3.0 * (cond[0, in_span] - unc[0, in_span]),
@@ -175,6 +175,8 @@ def test_guidance_mixes_conditional_and_unconditional_logits(model):
     assert not torch.allclose(guided[0, in_span], cond[0, in_span])
     with pytest.raises(KeyError, match="text.bytes"):
         model.generate(prompt, guidance={"text.bytes": 2.0})
+    with pytest.raises(ValueError, match="cfg_dropout"):  # a float needs media trained for it
+        model.generate(prompt, guidance=2.0)
 
 
 def test_cfg_dropout_drops_the_prompt_of_a_fraction_of_samples():

@@ -170,3 +170,19 @@ def test_isolated_decode_equals_in_process(audio_files):
     seg = am.Audio(str(audio_files["mp3"]))
     assert torch.equal(tok.encode(seg).vectors, am.create_tokenizer("audio.mel").encode(seg).vectors)
     assert tok.num_tokens(seg) == len(tok.encode(seg))
+
+
+def test_absurd_header_sample_rate_is_refused(tmp_path):
+    """Fuzz finding: a WAV header claiming 2^31 Hz made the resampler allocate terabytes."""
+    import struct
+
+    import numpy as np
+    import soundfile as sf
+
+    p = tmp_path / "rate.wav"
+    sf.write(p, np.zeros(1600, dtype=np.float32), 16000)
+    b = bytearray(p.read_bytes())
+    b[24:28] = struct.pack("<I", 2_147_483_647)  # the fmt chunk's sample rate field
+    p.write_bytes(bytes(b))
+    with pytest.raises(am.MediaError, match=r"rate.wav: header gives sample rate 2147483647 Hz"):
+        load_audio(p)

@@ -129,7 +129,10 @@ def test_groups_expand_in_order_without_duplicates():
 
 @pytest.mark.parametrize("kw,match", [({"tasks": ["video.nope"]}, "video.nope"), ({"tasks": []}, "empty"),
                                       ({"video_size": 31}, "video_size"), ({"video_frames": 4}, "video_frames"),
-                                      ({"audio_seconds": 0.7}, "audio_seconds"), ({"train_per_task": -1}, "train")])
+                                      ({"audio_seconds": 0.7}, "audio_seconds"), ({"train_per_task": -1}, "train"),
+                                      ({"train_weights": {"image.nope": 2}}, "image.nope"),
+                                      ({"train_weights": {"audio.beeps": 2}}, "not among the tasks"),
+                                      ({"train_weights": {"image.count": 0}}, "> 0")])
 def test_bad_config_is_named(kw, match):
     with pytest.raises(ValueError, match=match):
         SynthConfig(**kw)
@@ -254,6 +257,17 @@ def test_answers_are_balanced(suite):
             assert sum(counts.values()) == PER
             assert set(counts) == set(spec.choices) and max(counts.values()) - min(counts.values()) <= 1, (
                 split, task, counts)
+
+
+def test_train_weights_scale_the_training_split_only(tmp_path):
+    cfg = SynthConfig(train_per_task=4, val_per_task=2, test_per_task=2, tasks=["audio", "video.motion"],
+                      train_weights={"audio": 2, "audio.pitch": 2.5}, audio_rate=8000)
+    assert cfg.train_weights == {"audio.beeps": 2.0, "audio.pitch": 2.5}
+    synthesize(tmp_path, cfg)
+    train = Counter(r["task"] for r in _records(tmp_path, "train"))
+    assert train == {"audio.beeps": 8, "audio.pitch": 10, "video.motion": 4}
+    assert Counter(r["answer"] for r in _records(tmp_path, "train", "audio.pitch")) == {"rising": 5, "falling": 5}
+    assert Counter(r["task"] for r in _records(tmp_path, "test")) == {"audio.beeps": 2, "audio.pitch": 2, "video.motion": 2}
 
 
 def _digests(root: Path, split: str) -> set[str]:

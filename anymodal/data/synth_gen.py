@@ -321,7 +321,8 @@ def synthesize_gen(root: str | Path, cfg: GenConfig | None = None, force: bool =
     stamp = root / "synth_gen.json"
     want = {"format": FORMAT_VERSION, **asdict(cfg)}
     paths = {s: root / f"{s}.jsonl" for s in SPLIT_SEEDS}
-    if not force and stamp.is_file() and json.loads(stamp.read_text()) == want and all(p.is_file() for p in paths.values()):
+    fresh = stamp.is_file() and json.loads(stamp.read_text()) == want and all(p.is_file() for p in paths.values())
+    if fresh and not force:
         return paths
     root.mkdir(parents=True, exist_ok=True)
     for old in (root / "audio").glob("beeps_*.wav"):  # shared files of an older config

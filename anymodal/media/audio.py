@@ -85,9 +85,14 @@ def _file(source: Any):
     return str(source)
 
 
+MAX_SAMPLE_RATE = 768_000
+
+
 def _check_limits(info: AudioInfo, name: str, limits: MediaLimits) -> AudioInfo:
-    if info.sample_rate <= 0:
-        raise MediaError(name, f"header gives sample rate {info.sample_rate}")
+    # real recordings stay within 1 Hz .. 768 kHz; a corrupt header claiming 2^31 Hz would make
+    # the resampler allocate terabytes (found by scripts/fuzz_media.py)
+    if not 1 <= info.sample_rate <= MAX_SAMPLE_RATE:
+        raise MediaError(name, f"header gives sample rate {info.sample_rate} Hz (allowed: 1..{MAX_SAMPLE_RATE})")
     if info.num_samples <= 0 or info.channels <= 0:
         raise MediaError(name, "no audio samples (empty or truncated file)")
     if limits.max_seconds and info.duration > limits.max_seconds:

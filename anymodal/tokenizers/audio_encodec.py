@@ -287,7 +287,8 @@ def _random_codebooks(model, seed: int) -> None:
     parts = []
     for i in range(10):  # 0.1 s each, loudness 0.02 .. 0.77
         amp = 0.02 * 1.5 ** i
-        parts.append(torch.sin(2 * math.pi * (200 + 300 * i) * t) * amp if i % 2 else torch.randn(n, generator=gen) * amp)
+        tone = torch.sin(2 * math.pi * (200 + 300 * i) * t)
+        parts.append((tone if i % 2 else torch.randn(n, generator=gen)) * amp)
     residual = model.encoder(torch.cat(parts)[None, None])[0].t()  # (frames, D)
     for layer in model.quantizer.vq.layers:
         cb = layer._codebook

@@ -237,7 +237,8 @@ class FSQImageTokenizer(ModalityTokenizer):
         state = None
         if file is not None:  # an export folder's copy wins: it travels with the model
             saved, state = _read_state(file)
-            clash = {k: (v, saved.get(k)) for k, v in given.items() if saved.get(k) != (list(v) if k == "levels" else v)}
+            clash = {k: (v, saved.get(k)) for k, v in given.items()
+                     if saved.get(k) != (list(v) if k == "levels" else v)}
             if clash:
                 raise ValueError(f"image.fsq: options {clash} (given, checkpoint) disagree with {file}")
             cfg = FSQConfig(**saved)

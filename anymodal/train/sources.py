@@ -266,7 +266,7 @@ class PackedMixture(IterableDataset):
     def _build(self, rec: Record | ManifestError, where: str, epoch: int):
         if isinstance(rec, ManifestError):
             return Skipped(where, str(rec))
-        sid = rec.id if rec.id else where
+        sid = f"{rec.id} ({where})" if rec.id and rec.id != where else where  # the record and where it lives
         seed = stable_seed(self.seed, "sample", where, epoch)
         with torch.random.fork_rng(devices=[]):  # the main process's RNG is the model's: leave it alone
             torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators are never touched
