@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,15 @@ def test_fit_export_eval_generate_through_cli(synth_root, tmp_path):
     r = run_cli("generate", "--model", str(exp), "--prompt", "What shape is it?", "--image", str(img.with_name(
         "000001.png")), "--max-new-tokens", "4")
     assert r.returncode == 0, r.stderr
+    # the rest of `make demo`: the suite's table by task and by kind, then the Python example
+    r = run_cli("eval", "--model", str(exp), "--data", str(data), "--tasks", "synth", "--limit", "4",
+                "--out", str(tmp_path / "eval-synth"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "| image.shape | image | 4 |" in r.stdout and "| video.motion | video | 0 |" in r.stdout  # absent: listed
+    r = subprocess.run([sys.executable, str(ROOT / "examples/interleaved_inference.py"), str(exp), str(data)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "What shape is it?" in r.stdout and "chat:" in r.stdout
 
 
 def test_unknown_tokenizer_gives_one_clear_line(tmp_path):

@@ -19,7 +19,8 @@ Directives are HTML comments, invisible on the site::
 
 Setups (:data:`SETUPS`): ``demo`` puts what ``make demo`` leaves, untrained, in place:
 ``runs/demo/export`` (recipes/demo.yaml's tokenizers and decoder shape, random weights) and
-``runs/demo/data`` (a small synthetic suite: real PNGs and manifests). ``any_to_any``:
+``runs/demo/data`` (a small synthetic suite of the recipe's tasks: real PNG, MP4, WAV files and
+manifests). ``any_to_any``:
 ``runs/any-to-any/export``, ``text.bytes`` + ``image.fsq`` + ``audio.encodec`` (random init:
 the codecs decode, the output means nothing). ``depth_plugin``: ``pip install
 tokenizers/anymodal-depth`` into a temporary folder put on ``sys.path``, as an installed package
@@ -160,8 +161,9 @@ def _setup_demo(d: Path) -> None:
     from anymodal.model import ModelConfig
 
     recipe = _recipe("demo.yaml")
-    size = recipe["data"].get("synthetic", {}).get("image_size", 48)
-    synthesize(d / "runs/demo/data", SynthConfig(train_per_task=4, val_per_task=2, test_per_task=4, image_size=size))
+    synth = {**recipe["data"].get("synthetic", {}), "train_per_task": 4, "val_per_task": 2, "test_per_task": 4,
+             "train_weights": {}}  # the recipe's tasks and media sizes, few samples
+    synthesize(d / "runs/demo/data", SynthConfig(**synth))
     torch.manual_seed(0)
     am.AnyModal(recipe["model"]["tokenizers"], ModelConfig(**recipe["model"]["arch"])).export(d / "runs/demo/export")
 

@@ -238,6 +238,8 @@ def test_random_model_scores_near_chance_and_every_task_is_listed(model, suite):
     assert mean_chance == pytest.approx((1 / 3 + 3 / 4) / 4)
     assert abs(mean_acc - mean_chance) < 0.2, image  # untrained: a guess
     assert report["overall"]["n"] == 40
+    assert list(report["by_kind"]) == ["image"] and report["by_kind"]["image"]["n"] == 40
+    assert report["by_kind"]["image"]["accuracy"] == pytest.approx(report["overall"]["accuracy"])
     assert tasks["video.motion"]["status"] == "absent" and tasks["video.motion"]["chance"] == 0.25
     assert tasks["gen.text_image"]["status"] == "absent"
     table = format_table(report)

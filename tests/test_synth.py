@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anymodal.data.synth import (AUDIO_TASKS, CROSS_TASKS, IMAGE_TASKS, TASK_GROUPS, TASKS, VIDEO_TASKS,
+from anymodal.data.synth import (AUDIO_TASKS, CROSS_TASKS, FORMAT_VERSION, IMAGE_TASKS, TASK_GROUPS, TASKS, VIDEO_TASKS,
                                  SynthConfig, synthesize)
 
 PER = 8  # samples per task in the shared tiny suite (2 per answer of a 4-way task)
@@ -122,8 +122,9 @@ def test_default_is_the_image_suite():
 
 def test_groups_expand_in_order_without_duplicates():
     assert SynthConfig(tasks=["audio.pitch", "audio"]).tasks == ["audio.pitch", "audio.beeps"]
-    assert SynthConfig(tasks=["image", "video", "audio", "cross"]).tasks == list(TASK_GROUPS["all"])
-    assert SynthConfig(tasks="all").tasks == list(IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS)
+    four = SynthConfig(tasks=["image", "video", "audio", "cross"]).tasks
+    assert four == list(IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS)
+    assert SynthConfig(tasks="all").tasks == four + ["cross.same_count"] == list(TASK_GROUPS["all"])
     assert sorted(TASK_GROUPS["all"]) == sorted(TASKS)
 
 
@@ -212,6 +213,19 @@ def test_beeps_vs_squares_needs_both_media(suite):
     for rec in _records(root, "train", "cross.beeps_squares"):
         squares = _blobs(_foreground(_png(_media(root, rec, "image")[0])))
         beeps = _count_beeps(*_wav(_media(root, rec, "audio")[0]))
+        assert beeps != squares and ("beeps" if beeps > squares else "squares") == rec["answer"], rec["id"]
+
+
+def test_same_count_is_in_no_group_and_reads_back(tmp_path):
+    cfg = SynthConfig(train_per_task=8, val_per_task=2, test_per_task=2, tasks=["cross.same_count"], audio_rate=8000)
+    assert "cross.same_count" not in SynthConfig(tasks=["cross"]).tasks
+    assert "cross.same_count" in SynthConfig(tasks=["all"]).tasks
+    synthesize(tmp_path, cfg)
+    recs = _records(tmp_path, "train", "cross.same_count")
+    assert sorted(r["answer"] for r in recs) == ["no"] * 4 + ["yes"] * 4
+    for rec in recs:
+        squares = _blobs(_foreground(_png(_media(tmp_path, rec, "image")[0])))
+        beeps = _count_beeps(*_wav(_media(tmp_path, rec, "audio")[0]))
         assert ("yes" if squares == beeps else "no") == rec["answer"], rec["id"]
 
 
@@ -307,7 +321,7 @@ def test_synthesize_skips_an_identical_suite_and_redoes_a_changed_one(tmp_path):
     t0 = paths["train"].stat().st_mtime_ns
     assert synthesize(tmp_path, cfg)["train"].stat().st_mtime_ns == t0
     stamp = json.loads((tmp_path / "synth.json").read_text())
-    assert stamp["version"] == 2 and stamp["tasks"] == ["audio.pitch"]
+    assert stamp["version"] == FORMAT_VERSION and stamp["tasks"] == ["audio.pitch"]
     synthesize(tmp_path, SynthConfig(train_per_task=3, val_per_task=1, test_per_task=1, tasks=["audio.pitch"]))
     assert len(_records(tmp_path, "train")) == 3
 

@@ -18,22 +18,26 @@ Tasks (pick them with ``SynthConfig.tasks``, by name or by group ``image``, ``vi
 - ``video.flashes``: "How many flashes?" -> 1 | 2 | 3 | 4 (a shape lights up for a few frames)
 - ``audio.beeps``: "How many beeps?" -> 1 | 2 | 3 | 4 (tone bursts over faint noise)
 - ``audio.pitch``: "Is the pitch rising or falling?" -> rising | falling (an exponential chirp)
-- ``cross.beeps_squares``: "Does the number of beeps equal the number of squares?" (an image
-  and a sound) -> yes | no
+- ``cross.beeps_squares``: "Are there more beeps or more squares?" (an image and a sound)
+  -> beeps | squares
 - ``cross.more_circles``: "Which image has more circles?" (two images) -> first | second
+- ``cross.same_count``: "Does the number of beeps equal the number of squares?" -> yes | no.
+  Harder than the rest and in no group (name it to use it): neither medium alone says anything
+  about the answer (an XOR of two counts), and the demo's model learned it in one run of three
+  (0.97, 0.58 and 0.50 held-out after 1800-2400 steps), so the demo asks which count is larger.
 
 Choices that keep the suite learnable by a ~1M-parameter model in minutes on a CPU (each
 measured; see the helpers' docstrings): mid-grey backgrounds, which patch tokenizers map to ~0;
 the objects of the shape and counting tasks in the cells of a 3x3 grid, so that at 48 px with
 16 px patches each object is one whole patch; flashes and beeps spaced so that each one stays
-separate at the token resolution of ``recipes/demo-av.yaml``.
+separate at the token resolution of ``recipes/demo.yaml``.
 
 Videos are H.264 MP4 (yuv420p, no B-frames) that both decord and PyAV read frame-exactly;
 audio is 16-bit PCM WAV, mono. A manifest line::
 
-    {"id": "train/cross.beeps_squares/0", "task": "cross.beeps_squares", "answer": "no",
-     "choices": ["yes", "no"],
-     "segments": [{"type": "text", "text": "Does the number of beeps equal the number of squares?"},
+    {"id": "train/cross.beeps_squares/0", "task": "cross.beeps_squares", "answer": "beeps",
+     "choices": ["beeps", "squares"],
+     "segments": [{"type": "text", "text": "Are there more beeps or more squares?"},
                   {"type": "image", "path": "images/train/000000.png"},
                   {"type": "audio", "path": "audio/train/000000.wav"},
                   {"type": "text", "text": "no", "role": "target"}]}
@@ -64,14 +68,16 @@ DIRECTIONS = ["left", "right", "up", "down"]
 PITCHES = ["rising", "falling"]
 YES_NO = ["yes", "no"]
 ORDINALS = ["first", "second"]
+MORE_OF = ["beeps", "squares"]
 IMAGE_TASKS = ("image.shape", "image.colour", "image.count", "image.position")
 VIDEO_TASKS = ("video.motion", "video.flashes")
 AUDIO_TASKS = ("audio.beeps", "audio.pitch")
 CROSS_TASKS = ("cross.beeps_squares", "cross.more_circles")
+EXTRA_TASKS = ("cross.same_count",)  # in no group: name them
 TASK_GROUPS = {"image": IMAGE_TASKS, "video": VIDEO_TASKS, "audio": AUDIO_TASKS, "cross": CROSS_TASKS,
-               "all": IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS}
+               "all": IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS + EXTRA_TASKS}
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
-FORMAT_VERSION = 2  # in synth.json: a suite written by another generator version is rewritten
+FORMAT_VERSION = 3  # in synth.json: a suite written by another generator version is rewritten
 _MEDIA_DIRS = {"image": ("images", "png"), "video": ("videos", "mp4"), "audio": ("audio", "wav")}
 
 
@@ -365,6 +371,15 @@ def audio_pitch(rng, cfg, answer):
 
 # ---- cross-modal: the answer needs two media at once --------------------------------------------
 def cross_beeps_squares(rng, cfg, answer):
+    """``n`` squares and ``m != n`` beeps (1-4 each); the answer names the larger count. Each
+    count alone predicts the answer only at its extremes (4 squares: "squares"), about 3/4 of
+    the time; the rest needs both media."""
+    a, b = rng.sample(range(1, 5), 2)
+    beeps, squares = (max(a, b), min(a, b)) if answer == "beeps" else (min(a, b), max(a, b))
+    return [("image", _grid_of_shapes(rng, cfg.image_size, squares, "square")), ("audio", _beeps(rng, cfg, beeps))]
+
+
+def cross_same_count(rng, cfg, answer):
     """``n`` squares and ``m`` beeps; ``m == n`` for yes. Both counts are uniform on 1..4 under
     either answer, so neither medium alone says anything about the answer."""
     n = rng.randint(1, 4)
@@ -400,9 +415,10 @@ TASKS: dict[str, Task] = {
     "video.flashes": Task("How many flashes?", tuple(COUNTS), video_flashes),
     "audio.beeps": Task("How many beeps?", tuple(COUNTS), audio_beeps),
     "audio.pitch": Task("Is the pitch rising or falling?", tuple(PITCHES), audio_pitch),
-    "cross.beeps_squares": Task("Does the number of beeps equal the number of squares?", tuple(YES_NO),
-                                cross_beeps_squares),
+    "cross.beeps_squares": Task("Are there more beeps or more squares?", tuple(MORE_OF), cross_beeps_squares),
     "cross.more_circles": Task("Which image has more circles?", tuple(ORDINALS), cross_more_circles),
+    "cross.same_count": Task("Does the number of beeps equal the number of squares?", tuple(YES_NO),
+                             cross_same_count),
 }
 
 

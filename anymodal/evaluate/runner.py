@@ -241,11 +241,17 @@ def evaluate(model: "AnyModal", tasks: Sequence[Task], batch_size: int = 64, pro
         results[name] = {"status": "absent", "n": 0, "kind": info.get("kind", ""), "chance": info.get("chance"),
                          "metric": "", "reason": info["reason"]}
     scored = [r for r in results.values() if r["status"] == "ok" and "accuracy" in r]
+    by_kind = {k: _pooled([r for r in scored if r["kind"] == k]) for k in dict.fromkeys(r["kind"] for r in scored)}
+    return {"tasks": results, "overall": _pooled(scored), "by_kind": by_kind,
+            "skipped": sum(r.get("skipped", 0) for r in results.values())}
+
+
+def _pooled(scored: list[dict]) -> dict:
+    """n-weighted accuracy and chance over tasks that have an accuracy."""
     n = sum(r["n"] for r in scored)
-    overall = {"n": n,
-               "accuracy": sum(r["accuracy"] * r["n"] for r in scored) / n if n else 0.0,
-               "chance": sum((r["accuracy_chance"] or 0.0) * r["n"] for r in scored) / n if n else 0.0}
-    return {"tasks": results, "overall": overall, "skipped": sum(r.get("skipped", 0) for r in results.values())}
+    return {"n": n, "tasks": len(scored),
+            "accuracy": sum(r["accuracy"] * r["n"] for r in scored) / n if n else 0.0,
+            "chance": sum((r["accuracy_chance"] or 0.0) * r["n"] for r in scored) / n if n else 0.0}
 
 
 def run_tasks(model: "AnyModal", selection: str | Sequence[str], ctx: TaskContext | None = None,
@@ -315,6 +321,11 @@ def format_table(report: dict) -> str:
                          f"{_fmt(r['chance'], r['metric'])} | {_notes(r)} |")
         else:
             lines.append(f"| {name} | {r.get('kind', '')} | 0 | – | – | {_fmt(r.get('chance'))} | {_notes(r)} |")
+    by_kind = report.get("by_kind", {})
+    if len(by_kind) > 1:  # one line per kind of input (image, video, audio, cross-modal, ...)
+        for kind, o in by_kind.items():
+            lines.append(f"| *{kind} ({o['tasks']} task{'s' if o['tasks'] > 1 else ''})* | {kind} | {o['n']} | accuracy | *{o['accuracy']:.3f}* | "
+                         f"{o['chance']:.3f} | n-weighted |")
     o = report["overall"]
     lines.append(f"| **all (accuracy)** | | {o['n']} | accuracy | **{o['accuracy']:.3f}** | {o['chance']:.3f} | "
                  f"n-weighted over tasks with an accuracy |")

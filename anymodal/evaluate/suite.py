@@ -2,9 +2,10 @@
 
 Every task the suite generator knows (``image.shape``, ``video.motion``, ``audio.beeps``,
 ``cross.beeps_squares``, ``cross.more_circles``, ...) is registered under the same name, in
-the suite's groups (``image``, ``video``, ``audio``, ``cross``) and in ``synth``. Each reads
+the suite's groups (``image``, ``video``, ``audio``, ``cross``) and in ``synth``; a task in no
+suite group (``cross.same_count``) only by its name. Each reads
 ``<data_root>/<split>.jsonl`` and keeps the records of its name; a suite written without that
-task (the demo's holds only images) makes it :class:`TaskUnavailable`, listed as absent in the
+task (one written with only the image tasks) makes it :class:`TaskUnavailable`, listed as absent in the
 report rather than failing the run. Scored by multiple-choice accuracy (log-likelihood ranking
 of the listed answers, chance = 1/len(choices)) and by exact match of the greedy answer.
 
@@ -49,9 +50,10 @@ def _suite_task(name: str, ctx: TaskContext) -> Task:
 def _register_suite() -> None:
     group_of = {t: g for g, members in synth.TASK_GROUPS.items() if g != "all" for t in members}
     for name, spec in synth.TASKS.items():
-        group = group_of.get(name, "")
-        register_task(name, kind=_GROUP_KIND.get(group, group), description=spec.question,
-                      chance=1.0 / len(spec.choices), groups=("synth", group) if group else ("synth",))(
+        group = group_of.get(name, "")  # cross.same_count is in no group: its kind from its prefix
+        kind = _GROUP_KIND.get(group or name.split(".")[0], group)
+        register_task(name, kind=kind, description=spec.question,
+                      chance=1.0 / len(spec.choices), groups=("synth", group) if group else ())(
             partial(_suite_task, name))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -165,7 +166,17 @@ class AnyModalCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+# Lightning's own notices that say nothing about the user's run: the module moves batches
+# itself (Batch is not a tensor collection), a deprecation inside Lightning's pytree helper, and
+# LightningCLI's notice that `args` and `sys.argv` are both set. `sys.argv` must stay as it is:
+# Lightning's DDP launcher starts the other ranks by re-running `sys.argv`.
+_QUIET = (r"You have overridden `transfer_batch_to_device`", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+          r"LightningCLI's args parameter is intended to run from within Python")
+
+
 def run(argv: list[str]) -> None:
+    for message in _QUIET:
+        warnings.filterwarnings("ignore", message=message)
     argv, allowed = split_allowlist(list(argv))
     check_argv(argv, allowed)
     cli_cls = type("AnyModalCLI", (AnyModalCLI,), {"allowed_prefixes": allowed})

@@ -108,6 +108,7 @@ class AnyModalModule(L.LightningModule):
         self.skipped_total = 0  # samples skipped by the loaders of all ranks
         self.nonfinite_total = 0  # steps whose update was dropped for a NaN/inf loss
         self._skip_update = False
+        self._touched = False  # this step added `_touch` (DDP): drop the gradients no rank made
         self._t_last: float | None = None
 
     # ---- the step -------------------------------------------------------------------------------
@@ -171,6 +172,7 @@ class AnyModalModule(L.LightningModule):
 
             if isinstance(self.trainer.strategy, DDPStrategy):
                 loss = loss + self._touch()
+                self._touched = True
         if g_bad:
             step = self.global_step
             if self.hparams["nonfinite"] == "stop":
@@ -229,6 +231,18 @@ class AnyModalModule(L.LightningModule):
         if self._skip_update:  # params without a gradient are left alone by the optimizer (and its moments)
             for p in self.net.parameters():
                 p.grad = None
+        elif self._touched:
+            # `_touch` gave every parameter a gradient; one that is exactly zero after the
+            # all-reduce was used by no rank (e.g. the audio projection in an image-only step).
+            # Drop it, as one process would have none: AdamW then skips it, weight decay and
+            # moments included, and DDP matches one process on the same global batch.
+            grads = [p for p in self._trainable() if p.grad is not None]
+            if grads:
+                used = torch.stack([p.grad.abs().amax() for p in grads]).ne(0).tolist()  # one sync
+                for p, u in zip(grads, used):
+                    if not u:
+                        p.grad = None
+        self._touched = False
 
     def on_train_end(self):
         if self.skipped_total:
