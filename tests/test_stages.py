@@ -194,3 +194,29 @@ def test_two_stage_recipes_through_cli(tmp_path):
     assert [o.ids for o in exported.generate(prompts, max_new_tokens=6)] == want
     print(f"held-out accuracy after stage 1 (captions, exact match): {acc1:.3f}; "
           f"after stage 2 (image QA): {acc2:.3f}")
+
+
+def test_pretrain_tiny_lm_script_writes_an_importable_lm(tmp_path):
+    """scripts/pretrain_tiny_lm.py (the LM the stage recipes start from): it learns its corpus
+    (the loss falls) and its folder imports with the same text logits as transformers gives."""
+    import subprocess
+    import sys
+
+    import transformers
+
+    out = tmp_path / "lm"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_tiny_lm.py"), "--out", str(out), "--dim", "32",
+                        "--layers", "1", "--steps", "60", "--batch-size", "16"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
+    assert losses[-1] < 0.6 * losses[0], r.stdout
+    model = from_hf(out, [PATCH]).eval()
+    batch = model.batch([["Describe the image."]], packed=False)
+    ids = batch.ids[0].tolist()  # <bos> text <eos>: anymodal's rows copy the LM's BOS (0) / EOS (1)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = hf(torch.tensor([[0] + ids[1:-1] + [1]])).logits[0]
+        got = model(batch)[0]
+    n = model.vocab.text.vocab_size
+    torch.testing.assert_close(got[:, :n], want[:, :n], rtol=1e-4, atol=1e-4)
