@@ -40,7 +40,7 @@ audio is 16-bit PCM WAV, mono. A manifest line::
      "segments": [{"type": "text", "text": "Are there more beeps or more squares?"},
                   {"type": "image", "path": "images/train/000000.png"},
                   {"type": "audio", "path": "audio/train/000000.wav"},
-                  {"type": "text", "text": "no", "role": "target"}]}
+                  {"type": "text", "text": "beeps", "role": "target"}]}
 
 Example::
 

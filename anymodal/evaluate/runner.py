@@ -324,7 +324,8 @@ def format_table(report: dict) -> str:
     by_kind = report.get("by_kind", {})
     if len(by_kind) > 1:  # one line per kind of input (image, video, audio, cross-modal, ...)
         for kind, o in by_kind.items():
-            lines.append(f"| *{kind} ({o['tasks']} task{'s' if o['tasks'] > 1 else ''})* | {kind} | {o['n']} | accuracy | *{o['accuracy']:.3f}* | "
+            tasks = f"{o['tasks']} task{'s' if o['tasks'] > 1 else ''}"
+            lines.append(f"| *{kind} ({tasks})* | {kind} | {o['n']} | accuracy | *{o['accuracy']:.3f}* | "
                          f"{o['chance']:.3f} | n-weighted |")
     o = report["overall"]
     lines.append(f"| **all (accuracy)** | | {o['n']} | accuracy | **{o['accuracy']:.3f}** | {o['chance']:.3f} | "
