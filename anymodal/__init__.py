@@ -3,12 +3,12 @@
 >>> import anymodal as am
 >>> sample = ["What shape?", am.Image("a.png"), am.Text("circle", role="target")]
 
-Heavy pieces (Lightning, media decoders) load lazily, so ``import anymodal`` stays quick.
+Heavy pieces (torch, Lightning, media decoders) load on first use: ``import anymodal`` and
+``anymodal --help`` import no torch; ``am.register_tokenizer`` or ``am.AnyModal`` bring it in.
 """
 
 from anymodal.errors import ManifestError, MediaError
 from anymodal.segments import Audio, Image, Segment, Text, Video, to_segments
-from anymodal.tokenizers import ModalityTokenizer, TokenBlock, create_tokenizer, list_tokenizers, register_tokenizer
 
 __version__ = "0.1.0"
 
@@ -18,9 +18,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in ("AnyModal", "GenerationOutput"):
-        from anymodal import api
+# name -> the module that defines it, imported on first access (PEP 562)
+_LAZY = {"AnyModal": "anymodal.api", "GenerationOutput": "anymodal.api",
+         **dict.fromkeys(("ModalityTokenizer", "TokenBlock", "create_tokenizer", "list_tokenizers",
+                          "register_tokenizer"), "anymodal.tokenizers")}
 
-        return getattr(api, name)
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'anymodal' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -32,6 +32,11 @@ def test_every_recipe_parses(recipe):
 def test_help_is_light():
     r = run_cli("--help")
     assert r.returncode == 0 and "fit" in r.stdout and "tokenizers" in r.stdout
+    # neither `import anymodal` nor `anymodal --help` imports torch or Lightning (seconds each)
+    code = ("import sys, anymodal as am\nfrom anymodal.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip().endswith("[]"), r.stdout + r.stderr
 
 
 def test_tokenizers_lists_builtins():
