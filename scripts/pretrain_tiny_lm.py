@@ -45,19 +45,6 @@ def corpus() -> list[tuple[str, str, str]]:
     return out
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE (as GPT-2, Llama 3, Qwen2): any string encodes; ``<s>`` = 0, ``</s>`` = 1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    return tok
-
-
 def build_lm(kind: str, vocab: int, dim: int, layers: int, heads: int, kv_heads: int):
     import transformers
 
@@ -89,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     triples = corpus()
-    tok = train_tokenizer([t for triple in triples for t in triple], args.vocab)
+    from anymodal.tokenizers.text_hf import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([t for triple in triples for t in triple], args.vocab)  # <s> = 0, </s> = 1
     # <s> prompt [context] answer </s>, each part encoded on its own as the stream encodes text
     # segments (the answer starts with "a", not " a"). With the context the LM learns to answer
     # from what it read (in the stages an image takes the context's place); without it, the

@@ -11,6 +11,7 @@ import torch
 import anymodal as am
 from anymodal.model import ModelConfig
 from anymodal.pretrained import from_hf, hf_model_config, load_hf_weights
+from anymodal.tokenizers.text_hf import train_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -19,17 +20,8 @@ TEXTS = ["What shape is it?", "circle", "a red circle at the top left", "How man
 
 
 def make_tokenizer(texts, vocab_size: int = 300):
-    """A byte-level BPE tokenizer (GPT-2 / Llama 3 / Qwen2 style: any string encodes, through
-    bytes when no merge applies) trained on ``texts``, with ``<s>`` = 0 and ``</s>`` = 1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    return tok
+    """A byte-level BPE tokenizer trained on ``texts``, with ``<s>`` = 0 and ``</s>`` = 1."""
+    return train_bpe_tokenizer(texts, vocab_size)
 
 
 def make_tiny_lm(path: Path, kind: str = "llama", texts=TEXTS, shard: bool = False, tie: bool = False,

@@ -14,6 +14,26 @@ from anymodal.tokenizers.base import ModalityTokenizer, TokenBlock
 from anymodal.tokenizers.registry import register_tokenizer
 
 
+def train_bpe_tokenizer(texts, vocab_size: int = 512, special_tokens=("<s>", "</s>")):
+    """A byte-level BPE ``tokenizers.Tokenizer`` (as GPT-2, Llama 3 and Qwen2 use: any string
+    encodes, through bytes where no merge applies) trained on ``texts``; the special tokens take
+    ids 0, 1, ... in order. Save it with ``.save("tokenizer.json")`` for ``text.hf``.
+
+    >>> tok = train_bpe_tokenizer(["What shape is it?", "a red circle"], vocab_size=300)
+    >>> tok.decode(tok.encode("a red circle").ids)
+    'a red circle'
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
 class HFTextTokenizer(ModalityTokenizer):
     """Text through a ``tokenizer.json``. ``path`` may be the file or the folder holding it."""
 
