@@ -8,10 +8,10 @@ squares") and every question with each of its answers ("What shape is it? circle
 after a plain-words description of the scene ("red circle top left") and once without. The LM
 so knows the language of the tasks and can answer from a description it reads, but has never
 seen an image: turning an image into something it can read is what the stages teach (stage 1:
-the projector alone, the LM frozen; stage 2: the LM too). Saved with ``save_pretrained`` (config.json + safetensors) and
-its ``tokenizer.json``, exactly the folder a real LM comes in.
+the projector alone, the LM frozen; stage 2: the LM too). Saved with ``save_pretrained``
+(config.json + safetensors) and its ``tokenizer.json``, exactly the folder a real LM comes in.
 
-    python scripts/pretrain_tiny_lm.py --out runs/lm            # ~1 min on 2 CPU cores
+    python scripts/pretrain_tiny_lm.py --out runs/lm            # ~15 s on 2 CPU cores
     anymodal fit --config recipes/stage1-align.yaml               # reads runs/lm
     anymodal fit --config recipes/stage2-instruct.yaml
 """
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    triples = corpus()
     from anymodal.tokenizers.text_hf import train_bpe_tokenizer
 
+    triples = corpus()
     tok = train_bpe_tokenizer([t for triple in triples for t in triple], args.vocab)  # <s> = 0, </s> = 1
     # <s> prompt [context] answer </s>, each part encoded on its own as the stream encodes text
     # segments (the answer starts with "a", not " a"). With the context the LM learns to answer

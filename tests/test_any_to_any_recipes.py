@@ -42,7 +42,8 @@ def test_fsq_then_any_to_any_recipes_then_the_scorer(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (ckpt,) = (tmp_path / "runs/any-to-any").rglob("*.ckpt")
 
-    # the scorer: every held-out prompt generates media, decoded to files other tools open
+    # the scorer: every held-out prompt is generated from; the media that come out are decoded
+    # to files that other tools open
     r = subprocess.run([sys.executable, "-m", "anymodal.data.synth_gen", "--model", str(ckpt), "--out", "gen"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
