@@ -73,6 +73,22 @@ class ModalityTokenizer:
     input_dim: int = 0  # continuous
     #: discrete media with a fixed token count per item (generation stops after it)
     fixed_length: int | None = None
+    #: the (t, h, w) grid of a fixed-length span (``fixed_length == t*h*w``); generation gives
+    #: the generated ids these coordinates and decodes them as one item. ``None``: no fixed grid.
+    fixed_grid: tuple[int, int, int] | None = None
+    #: classifier-free guidance: probability that training drops the conditioning before a span
+    #: of this tokenizer (0 = never; a model trained with it can use ``guidance > 1``)
+    cfg_dropout: float = 0.0
+    #: learned tokenizers: True when real (trained or pretrained) weights were loaded, False for
+    #: random weights (``random_init: true``). Checks that judge decoded media refuse random ones.
+    pretrained: bool = True
+    #: the options the tokenizer was created with (set by ``create_tokenizer``; saved with a model)
+    options: dict[str, Any]
+
+    def allowed_range(self, n: int) -> tuple[int, int] | None:
+        """Local id range ``[lo, hi)`` allowed for the ``n``-th generated token of a span, or
+        ``None`` for the whole vocabulary (codecs with several codebooks narrow it per slot)."""
+        return None
 
     def encode(self, segment: Segment) -> TokenBlock:
         raise NotImplementedError(f"{type(self).__name__} must implement encode()")
