@@ -10,7 +10,7 @@ EXTRAS ?= dev,video,codec,hf,eval
 PYTEST_ARGS ?=
 RUN ?= runs/demo
 
-.PHONY: install test test-fast demo bench docs lock clean
+.PHONY: install test test-fast demo bench gpu-check docs lock clean
 
 install: $(STAMP)
 
@@ -42,6 +42,14 @@ demo: install
 bench: install
 	$(PIP) install -q --disable-pip-version-check -c constraints.txt "transformers>=5.0"
 	$(PY) benchmarks/run_all.py
+
+# one call on a GPU machine (<= 8 min): install what is missing (xformers only when its build fits
+# torch), GPU tests, backends vs eager, a bf16 demo run, the throughput/MFU/memory benchmark, FSDP
+# save/resume/export -> benchmarks/RESULTS-gpu.md + .json (docs/scale-out.md). GPU_DRY=1: on CPU,
+# installs nothing, toy sizes, each GPU part reported as skipped with its reason -> runs/gpu-check-dry/
+GPU_DRY ?=
+gpu-check:
+	python3 scripts/gpu_check.py $(if $(filter 1,$(GPU_DRY)),--dry)
 
 # the documentation site -> site/ (mkdocs build --strict); the build draws docs/generated/ first
 # (docs/hooks.py runs docs/scripts/*.py; without runs/demo/csv it trains a short demo once, ~1 min)

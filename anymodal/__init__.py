@@ -8,13 +8,14 @@ Heavy pieces (torch, Lightning, media decoders) load on first use: ``import anym
 """
 
 from anymodal.errors import ManifestError, MediaError
-from anymodal.segments import Audio, Image, Segment, Text, Video, to_segments
+from anymodal.segments import Audio, Image, Segment, Text, Video, segment_from_dict, to_segments
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AnyModal", "Audio", "GenerationOutput", "Image", "ManifestError", "MediaError", "ModalityTokenizer", "Segment",
-    "Text", "TokenBlock", "Video", "create_tokenizer", "list_tokenizers", "register_tokenizer", "to_segments",
+    "Text", "TokenBlock", "Video", "create_tokenizer", "list_tokenizers", "register_tokenizer", "segment_from_dict",
+    "to_segments",
 ]
 
 

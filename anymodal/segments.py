@@ -22,13 +22,18 @@ ROLES = ("prompt", "target")
 
 @dataclass
 class Segment:
-    """One piece of a sample. ``modality`` picks the tokenizer unless ``tokenizer`` names one."""
+    """One piece of a sample. ``modality`` picks the tokenizer unless ``tokenizer`` names one.
+
+    ``generated`` is True on the segments a model returns (:func:`mark_generated`); their
+    ``role`` is ``"target"``, as the answer of a training sample is.
+    """
 
     data: Any
     role: str = "prompt"
     tokenizer: str | None = None
     options: dict = field(default_factory=dict)
     modality: str = ""
+    generated: bool = False
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -55,6 +60,21 @@ class Segment:
         return save_media(self, path)
 
 
+def _role_repr(seg: Segment) -> str:
+    return f"role={seg.role!r}" + (", generated=True" if seg.generated else "")
+
+
+def mark_generated(seg: Segment) -> Segment:
+    """Mark a segment as model output: ``generated=True`` and ``role="target"`` (what a model
+    returns is an answer; fed back into a sample it is trained on like one).
+
+    >>> mark_generated(Text("circle"))
+    Text('circle', role='target', generated=True)
+    """
+    seg.generated, seg.role = True, "target"
+    return seg
+
+
 class Text(Segment):
     """A run of text. ``Text("hi", role="target")`` marks an answer to train on."""
 
@@ -68,7 +88,7 @@ class Text(Segment):
         return self.data
 
     def __repr__(self):
-        return f"Text({self.data!r}, role={self.role!r})"
+        return f"Text({self.data!r}, {_role_repr(self)})"
 
 
 class _Media(Segment):
@@ -80,7 +100,7 @@ class _Media(Segment):
 
     def __repr__(self):
         shown = self.data if isinstance(self.data, str) else f"<{type(self.data).__name__}>"
-        return f"{type(self).__name__}({shown!r}, role={self.role!r})"
+        return f"{type(self).__name__}({shown!r}, {_role_repr(self)})"
 
 
 class Image(_Media):
@@ -101,6 +121,25 @@ class Audio(_Media):
     _modality = "audio"
 
 
+class Turn(Segment):
+    """The start of a conversation turn by ``speaker`` (``system``, ``user`` or ``assistant``); the
+    turn runs to the next ``Turn`` or the end of the sample. A model with a chat template
+    (``model.arch.chat_template``) writes its role markers there; :mod:`anymodal.chat` builds these.
+    In a manifest: ``{"type": "turn", "turn": "user"}``.
+
+    >>> Turn("user")
+    Turn('user')
+    """
+
+    def __init__(self, speaker: str):
+        if speaker not in ("system", "user", "assistant"):
+            raise ValueError(f"turn speaker must be 'system', 'user' or 'assistant', got {speaker!r}")
+        super().__init__(data=speaker, modality="turn")
+
+    def __repr__(self):
+        return f"Turn({self.data!r})"
+
+
 SegmentLike = Union[Segment, str]
 _BY_TYPE = {"text": Text, "image": Image, "video": Video, "audio": Audio}
 
@@ -119,6 +158,8 @@ def segment_from_dict(d: dict, base_dir: str | os.PathLike | None = None) -> Seg
         raise ValueError(f"segment has no 'type': {d}")
     role = d.pop("role", "prompt")
     tok = d.pop("tokenizer", None)
+    if kind == "turn":
+        return Turn(d.pop("turn", None))
     if kind == "text":
         if "text" not in d:
             raise ValueError("text segment has no 'text'")

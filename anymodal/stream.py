@@ -21,11 +21,26 @@ from typing import Iterable, Sequence
 
 import torch
 
+from anymodal.constants import IGNORE  # defined there, so that the model need not import the stream
 from anymodal.segments import Segment, to_segments
 from anymodal.tokenizers import ModalityTokenizer, create_tokenizer
 
-IGNORE = -100
 SPECIALS = ("<bos>", "<eos>", "<pad>")
+
+#: who speaks in a conversation turn (:class:`anymodal.segments.Turn`)
+TURN_SPEAKERS = ("system", "user", "assistant")
+
+#: Chat templates: how a turn of each speaker begins and ends in the stream (``model.arch.chat_template``).
+#: ``default``: one begin and one end special token per speaker, appended to the unified vocabulary
+#: after the media markers (``<turn:user>`` ... ``</turn:user>``). A text template writes the markers
+#: as text for the text tokenizer instead (no new ids), so a model initialised from a Hugging Face
+#: chat LM keeps that LM's own conventions and special tokens: ``chatml`` (Qwen2), ``llama3``.
+#: ``None`` (the default): no turns; the vocabulary and every stream are as before.
+CHAT_TEMPLATES: dict[str, dict[str, tuple[str, str]] | None] = {
+    "default": None,
+    "chatml": {r: (f"<|im_start|>{r}\n", "<|im_end|>\n") for r in TURN_SPEAKERS},
+    "llama3": {r: (f"<|start_header_id|>{r}<|end_header_id|>\n\n", "<|eot_id|>") for r in TURN_SPEAKERS},
+}
 
 
 def build_tokenizers(specs: Sequence[dict | str]) -> list[ModalityTokenizer]:
@@ -48,7 +63,10 @@ class Vocabulary:
     (261, 256, 259)
     """
 
-    def __init__(self, tokenizers: Sequence[ModalityTokenizer]):
+    def __init__(self, tokenizers: Sequence[ModalityTokenizer], chat_template: str | None = None):
+        if chat_template is not None and chat_template not in CHAT_TEMPLATES:
+            raise ValueError(f"model.arch.chat_template={chat_template!r} is unknown; use one of "
+                             f"{sorted(CHAT_TEMPLATES)} or null (no conversation turns)")
         if not tokenizers:
             raise ValueError("a model needs at least one tokenizer")
         names = [t.name for t in tokenizers]
@@ -74,6 +92,14 @@ class Vocabulary:
         for t in self.tokenizers:
             if t.modality != "text":
                 self.begin[t.name], self.end[t.name] = n, n + 1
+                n += 2
+        # role tokens last (only with the default chat template): every other id keeps its value
+        self.chat_template = chat_template
+        self.turn_begin: dict[str, int] = {}
+        self.turn_end: dict[str, int] = {}
+        if chat_template == "default":
+            for r in TURN_SPEAKERS:
+                self.turn_begin[r], self.turn_end[r] = n, n + 1
                 n += 2
         self.size = n
         self.special_modality = len(self.tokenizers)
@@ -108,6 +134,12 @@ class Vocabulary:
         for k, v in self.end.items():
             if v == token_id:
                 return f"<end:{k}>"
+        for k, v in self.turn_begin.items():
+            if v == token_id:
+                return f"<turn:{k}>"
+        for k, v in self.turn_end.items():
+            if v == token_id:
+                return f"</turn:{k}>"
         for name, off in self.offset.items():
             t = self.tokenizers[self.index[name]]
             if off <= token_id < off + t.vocab_size:
@@ -115,8 +147,11 @@ class Vocabulary:
         raise KeyError(token_id)
 
     def to_dict(self) -> dict:
-        return {"tokenizers": [t.name for t in self.tokenizers], "offset": self.offset, "bos": self.bos,
-                "eos": self.eos, "pad": self.pad, "begin": self.begin, "end": self.end, "size": self.size}
+        out = {"tokenizers": [t.name for t in self.tokenizers], "offset": self.offset, "bos": self.bos,
+               "eos": self.eos, "pad": self.pad, "begin": self.begin, "end": self.end, "size": self.size}
+        if self.chat_template is not None:  # absent without turns: older exports compare equal
+            out.update(chat_template=self.chat_template, turn_begin=self.turn_begin, turn_end=self.turn_end)
+        return out
 
 
 @dataclass
@@ -155,6 +190,30 @@ def span_layout(grid: tuple[int, int, int] | None, n: int, cursor: int) -> tuple
     return local + cursor, local, cursor + max(t, h, w)
 
 
+def _grid_fix(side: int) -> str:
+    return (f"raise model.arch.max_grid to at least {side}, or make the tokenizer emit fewer tokens per item "
+            f"(e.g. its max_tokens option)")
+
+
+def check_grid_limits(tokenizers: Sequence[ModalityTokenizer], max_grid: int) -> None:
+    """At setup: refuse a tokenizer whose declared ``fixed_grid`` has a side over ``max_grid``
+    (the model learns one position embedding per coordinate ``0 .. max_grid - 1``)."""
+    for tok in tokenizers:
+        if tok.fixed_grid is not None and max(tok.fixed_grid) > max_grid:
+            side = max(tok.fixed_grid)
+            raise ValueError(f"tokenizer {tok.name!r} emits a fixed grid {tuple(tok.fixed_grid)} with a side of "
+                             f"{side} > model.arch.max_grid={max_grid}; {_grid_fix(side)}")
+
+
+def _check_span_grid(tok: ModalityTokenizer, seg: Segment, grid: tuple[int, int, int] | None, n: int,
+                     max_grid: int) -> None:
+    side = max(grid) if grid is not None else n  # a sequence span counts (k, 0, 0)
+    if side > max_grid:
+        shape = f"a grid {tuple(grid)}" if grid is not None else f"a sequence of {n} tokens"
+        raise ValueError(f"{seg.source}: tokenizer {tok.name!r} laid it out as {shape}, whose side {side} is over "
+                         f"model.arch.max_grid={max_grid}; {_grid_fix(side)}")
+
+
 def drop_condition(segments: Sequence[Segment]) -> list[Segment]:
     """The unconditional version of a sample for classifier-free guidance (Ho & Salimans 2022):
     its prompt segments removed, its targets kept (``[p1, p2, target] -> [target]``)."""
@@ -175,14 +234,20 @@ class StreamBuilder:
     """
 
     def __init__(self, tokenizers: Sequence[ModalityTokenizer], loss_weights: dict[str, float] | None = None,
-                 seed: int = 0):
-        self.vocab = Vocabulary(tokenizers)
+                 seed: int = 0, max_grid: int | None = None, chat_template: str | None = None):
+        self.vocab = Vocabulary(tokenizers, chat_template)
+        #: (speaker, "begin"|"end") -> (marker ids, modality index) of the chat template's turn markers
+        self.turn_markers = _turn_markers(self.vocab)
+        #: the model's bound on a token's (t, h, w) inside its span (``model.arch.max_grid``; None: no bound)
+        self.max_grid = max_grid
+        if max_grid is not None:
+            check_grid_limits(self.vocab.tokenizers, max_grid)
         self.loss_weights = dict(loss_weights or {})
         unknown = set(self.loss_weights) - set(self.vocab.index) - {"special"}
         if unknown:
             raise ValueError(f"loss_weights name unknown tokenizers {sorted(unknown)}")
         self.rng = random.Random(seed)
-        self.cfg_dropout = {t.name: float(getattr(t, "cfg_dropout", 0.0)) for t in self.vocab.tokenizers}
+        self.cfg_dropout = {t.name: float(t.cfg_dropout) for t in self.vocab.tokenizers}
 
     def _dropout_probability(self, segs: Sequence[Segment]) -> float:
         return max((self.cfg_dropout[self.vocab.tokenizer_for(s).name] for s in segs
@@ -196,6 +261,9 @@ class StreamBuilder:
         """Stream length of ``sample`` from the tokenizers' cheap counts (headers, not pixels)."""
         n = 2  # <bos> ... <eos>
         for seg in to_segments(sample):
+            if seg.modality == "turn":
+                n += sum(len(self.turn_ids(seg, edge)[0]) for edge in ("begin", "end"))
+                continue
             tok = self.vocab.tokenizer_for(seg)
             n += tok.num_tokens(seg) + (2 if tok.modality != "text" else 0)
         return n
@@ -232,7 +300,21 @@ class StreamBuilder:
             bidir.append(torch.zeros(n, dtype=torch.bool))
             cursor += n
 
+        turn: str | None = None  # the speaker of the open conversation turn
+
+        def close_turn(trainable: bool):
+            # the end of an assistant turn is a label: the model learns where its reply stops
+            marker, mod = self.turn_ids(turn, "end")
+            add_seq(marker, mod, trainable and (turn == "assistant" or not has_target))
+
         for seg in segs:
+            if seg.modality == "turn":
+                if turn is not None:
+                    close_turn(True)
+                turn = seg.data
+                marker, mod = self.turn_ids(seg, "begin")
+                add_seq(marker, mod, not has_target)
+                continue
             tok = v.tokenizer_for(seg)
             k = v.index[tok.name]
             trainable = seg.role == "target" or not has_target
@@ -253,6 +335,8 @@ class StreamBuilder:
                 vectors.setdefault(tok.name, []).append(block.vectors.float())
             mods.append(torch.full((n,), k))
             train.append(torch.full((n,), trainable and block.is_discrete))
+            if self.max_grid is not None:
+                _check_span_grid(tok, seg, block.grid, n, self.max_grid)
             p, grid, cursor = span_layout(block.grid, n, cursor)
             pos.append(p)
             local.append(grid)
@@ -260,8 +344,10 @@ class StreamBuilder:
             span.append(torch.full((n,), n_span))
             bidir.append(torch.full((n,), bool(tok.bidirectional)))
             add_seq(torch.tensor([v.end[tok.name]]), v.special_modality, trainable)
+        if turn is not None and add_eos:  # a prompt (add_eos=False) leaves its last turn open for the reply
+            close_turn(True)
         if add_eos:
-            last_trainable = (segs[-1].role == "target" or not has_target) if segs else True
+            last_trainable = (turn == "assistant" or segs[-1].role == "target" or not has_target) if segs else True
             add_seq(torch.tensor([v.eos]), v.special_modality, last_trainable)
 
         ids_t = torch.cat(ids)
@@ -279,3 +365,29 @@ class StreamBuilder:
             bidir=torch.cat(bidir), labels=labels, loss_weight=weights, grid=torch.cat(local, dim=1),
             vectors={k: torch.cat(vs) for k, vs in vectors.items()},
         )
+
+    def turn_ids(self, seg: Segment | str, edge: str) -> tuple[torch.Tensor, int]:
+        """Marker ids and modality index where the turn of ``seg`` (a :class:`~anymodal.segments.Turn`
+        or a speaker name) begins or ends (``edge``)."""
+        speaker = seg.data if isinstance(seg, Segment) else seg
+        if not self.turn_markers:
+            raise ValueError(f"a conversation turn ({speaker!r}) reached a model without a chat template; set "
+                             f"model.arch.chat_template (e.g. 'default') in the recipe, or drop the turns")
+        if (speaker, edge) not in self.turn_markers:
+            raise ValueError(f"turn speaker {speaker!r} is unknown; use one of {TURN_SPEAKERS}")
+        return self.turn_markers[speaker, edge]
+
+
+def _turn_markers(v: Vocabulary) -> dict[tuple[str, str], tuple[torch.Tensor, int]]:
+    if v.chat_template is None:
+        return {}
+    if v.chat_template == "default":
+        return {(r, edge): (torch.tensor([ids[r]]), v.special_modality)
+                for r in TURN_SPEAKERS for edge, ids in (("begin", v.turn_begin), ("end", v.turn_end))}
+    texts = CHAT_TEMPLATES[v.chat_template]
+    out = {}
+    for r, pair in texts.items():
+        for edge, text in zip(("begin", "end"), pair):
+            block = v.text.encode(Segment(data=text, modality="text"))
+            out[r, edge] = (block.ids + v.offset[v.text.name], v.index[v.text.name])
+    return out

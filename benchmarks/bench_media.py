@@ -39,7 +39,7 @@ import torch
 
 import anymodal as am
 from anymodal.media import load_image, load_video, read_frames, sample_indices, video_info
-from anymodal.media.video import available_backends
+from anymodal.media.video import VIDEO_BACKENDS, available_video_backends, video_backend_problem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -192,10 +192,10 @@ def main(argv=None) -> dict:
             ref = decode_everything(paths[0], num_frames, args.threads)
             methods = [(f"{b} (sampled frames)",
                         lambda p, b=b: load_video(p, num_frames=num_frames, backend=b, threads=args.threads))
-                       for b in available_backends()]
+                       for b in available_video_backends()]
             methods.append(("PyAV decode everything, then sample",
                             lambda p: decode_everything(p, num_frames, args.threads)))
-            for b in available_backends():  # the backends return the baseline's frames
+            for b in available_video_backends():  # the backends return the baseline's frames
                 got = read_frames(paths[0], idx, backend=b, threads=args.threads)
                 assert np.abs(got.astype(int) - ref.astype(int)).max() <= 2, f"{b} frames differ from the baseline"
             desc = f"{clip_frames} frames {clip_w}x{clip_h} H.264, keyframe every {gop}"
@@ -204,6 +204,13 @@ def main(argv=None) -> dict:
                 rows.append({"medium": "video", "method": label, "input": desc, "items": len(paths), "seconds": t,
                              "rate": len(paths) / t, "unit": f"clips/s ({num_frames} frames each)"})
                 print(f"video  gop {gop:3d} {label:34s} {len(paths) / t:8.2f} clips/s")
+            for b in VIDEO_BACKENDS:  # a backend that does not work here keeps its row, with the reason
+                why = video_backend_problem(b)
+                if why is not None:
+                    rows.append({"medium": "video", "method": f"{b} (sampled frames)", "input": desc,
+                                 "items": len(paths), "seconds": None, "rate": None, "unit": "",
+                                 "note": f"not available: {why}"})
+                    print(f"video  gop {gop:3d} {b:34s} not available: {why}")
             stats = {}
             # how much of each clip the PyAV path decodes
             read_frames(paths[0], idx, backend="pyav", stats=stats, threads=args.threads)
@@ -253,8 +260,8 @@ def to_markdown(result: dict) -> str:
         "|---|---|---|---:|---|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['medium']} | {r['input']} | {r['method']} | {r['rate']:.2f} {r['unit']} | "
-                     f"{r.get('note', '')} |")
+        rate = "-" if r["rate"] is None else f"{r['rate']:.2f} {r['unit']}"
+        lines.append(f"| {r['medium']} | {r['input']} | {r['method']} | {rate} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -70,7 +70,7 @@ def _jpeg() -> bytes:
 def _mp4(tmp: Path, frames=8, size=32) -> bytes:
     import numpy as np
 
-    from anymodal.data.synth import write_video
+    from anymodal.data.synthetic import write_video
 
     rng = np.random.default_rng(0)
     path = tmp / f"seed{frames}_{size}.mp4"

@@ -30,8 +30,9 @@ def corpus() -> list[tuple[str, str, str]]:
     """(prompt, context, answer) triples: every caption of the caption suite and every answer of
     the image questions, each with a plain-words description of the scene it is about
     (``"red circle top left"``, ``"three squares"``): the context a pretrained LM reads out of."""
-    from anymodal.data.synth import COLOURS, POSITIONS, SHAPES, TASKS
-    from anymodal.data.synth_caption import NUMBER_WORDS, PROMPT, count_caption, scene_caption
+    from anymodal.data.synthetic import COLOURS, POSITIONS, SHAPES, TASKS
+    from anymodal.data.synthetic.captions import DESCRIBE as PROMPT
+    from anymodal.data.synthetic.captions import NUMBER_WORDS, count_caption, scene_caption
 
     out = []
     for c, s, p in itertools.product(COLOURS, SHAPES, POSITIONS):

@@ -277,12 +277,13 @@ def test_gpu_backend_equals_eager(backend, dtype, bidirectional):
 def test_rmsnorm_cpu_function_matches_autograd():
     """The hand-written RMSNorm backward (CPU fp32 training path) against autograd: gradcheck in
     float64, and F.rms_norm in float32 on token-major (B, T, heads, hd) activations."""
-    from anymodal.model.transformer import RMSNorm, _RMSNormCPU
+    from anymodal.model.cpu_kernels import RMSNormCPU
+    from anymodal.model.transformer import RMSNorm
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
     w = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: _RMSNormCPU.apply(a, b, 1e-5), (x, w))
+    assert torch.autograd.gradcheck(lambda a, b: RMSNormCPU.apply(a, b, 1e-5), (x, w))
     norm = RMSNorm(16)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
@@ -298,13 +299,43 @@ def test_rmsnorm_cpu_function_matches_autograd():
 
 
 def test_rotary_function_matches_autograd_formula():
-    """The fused rotate-half RoPE and its inverse-rotation backward against the plain formula."""
+    """The fused rotate-half RoPE and its inverse-rotation backward against the plain formula
+    (the one ``apply_rotary`` runs off CPU)."""
+    from anymodal.model.cpu_kernels import RotaryCPU
     from anymodal.model.transformer import apply_rotary
 
     g = torch.Generator().manual_seed(0)
     ang = torch.randn(2, 5, 1, 4, dtype=torch.float64, generator=g)
     cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()  # (B, T, 1, hd)
     x = torch.randn(2, 5, 3, 8, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a: apply_rotary(a, cos, sin), (x,))
+    assert torch.autograd.gradcheck(lambda a: RotaryCPU.apply(a, cos, sin), (x,))
     x1, x2 = x.chunk(2, dim=-1)
-    torch.testing.assert_close(apply_rotary(x, cos, sin), x * cos + torch.cat([-x2, x1], dim=-1) * sin)
+    formula = x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    torch.testing.assert_close(RotaryCPU.apply(x, cos, sin), formula)
+    torch.testing.assert_close(apply_rotary(x, cos, sin), formula)  # on CPU: the kernel
+    gk, = torch.autograd.grad((RotaryCPU.apply(x, cos, sin) * x.detach()).sum(), x)
+    gf, = torch.autograd.grad((formula * x.detach()).sum(), x)
+    torch.testing.assert_close(gk, gf)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_cuda_model_path_equals_cpu_kernels():
+    """Off CPU the model runs the plain RMSNorm and RoPE formulas: in fp32 they equal the CPU
+    kernels' values and gradients."""
+    from anymodal.model.transformer import RMSNorm, apply_rotary
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 3, 16, generator=g)
+    ang = torch.randn(2, 7, 1, 8, generator=g).repeat(1, 1, 1, 2)
+    norm = RMSNorm(16)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        n = RMSNorm(16).to(dev)
+        n.load_state_dict(norm.state_dict())
+        xi = x.to(dev).requires_grad_()
+        y = apply_rotary(n(xi), ang.cos().to(dev), ang.sin().to(dev))
+        (y * y).sum().backward()
+        out[dev] = [t.detach().cpu() for t in (y, xi.grad, n.weight.grad)]
+    for a, b in zip(out["cpu"], out["cuda"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -43,8 +43,8 @@ def test_tokenizers_lists_builtins():
     r = run_cli("tokenizers")
     assert r.returncode == 0
     lines = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[1:]}
-    assert lines["image.patch"][1:] == ["image", "continuous", "768", "true"]
-    assert lines["text.bytes"][1:] == ["text", "discrete", "256", "false"]
+    assert lines["image.patch"][1:] == ["image", "continuous", "768", "true", "built-in"]
+    assert lines["text.bytes"][1:] == ["text", "discrete", "256", "false", "built-in"]
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import torch
 import anymodal as am
 from anymodal.media import audio_info, image_size, load_audio, load_image, load_video, video_info
 from anymodal.media.safe import IsolatedDecoder, check_source, safe_decode, sniff
-from anymodal.media.video import available_backends
+from anymodal.media.video import available_video_backends
 
 av = pytest.importorskip("av")
 sf = pytest.importorskip("soundfile")
@@ -193,9 +193,9 @@ def _decoders():
         ("audio", "audio_info", lambda s: audio_info(s, isolate=True), False),
         ("audio", "load_audio", lambda s: load_audio(s, isolate=True), True),
     ]
-    for b in available_backends():
+    for b in available_video_backends():
         out.append(("video", f"load_video[{b}]", lambda s, b=b: load_video(s, backend=b, isolate=True), True))
-    if "decord" in available_backends():
+    if "decord" in available_video_backends():
         out.append(("video", "video_info[decord]", lambda s: video_info(s, backend="decord", isolate=True), False))
     return out
 

@@ -6,6 +6,7 @@ on rank 1 only (``model.nonfinite=skip``: the update is dropped on both ranks)."
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -192,12 +193,35 @@ def test_fsdp_recipe_trains_on_gpu(tmp_path, synth_root):
     from anymodal.train.cli import run
 
     shutil.copytree(synth_root, tmp_path / "data")
+    run_dir = tmp_path / "run"
+    override = tmp_path / "override.yaml"  # a CSV log and one full checkpoint to check, in place of the recipe's
+    override.write_text(yaml.safe_dump({"trainer": {
+        "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(run_dir), "name": "csv", "version": ""}}],
+        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                       "init_args": {"dirpath": str(run_dir / "ckpt"), "save_last": True}}]}}))
     sys.argv = sys.argv[:1]
-    run(["fit", "--config", str(ROOT / "recipes" / "fsdp-gpu.yaml"), "--trainer.devices=1", "--trainer.max_steps=3",
+    run(["fit", "--config", str(ROOT / "recipes" / "fsdp-gpu.yaml"), "--config", str(override),
+         "--trainer.devices=1", "--trainer.max_steps=3",
          "--model.arch.dim=64", "--model.arch.n_layers=2", "--model.arch.n_heads=2", "--model.arch.n_kv_heads=1",
          f"--data.root={tmp_path / 'data'}", "--data.synthetic=null", "--data.seq_len=256",
-         "--data.tokens_per_batch=512", "--data.num_workers=0", "--trainer.logger=false",
-         f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.callbacks=[]", "--trainer.val_check_interval=2"])
+         "--data.tokens_per_batch=512", "--data.num_workers=0", "--trainer.log_every_n_steps=1",
+         f"--trainer.default_root_dir={run_dir}", "--trainer.val_check_interval=2"])
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert val and all(math.isfinite(x) for x in val), rows  # validation ran (every 2 steps) under FSDP
+    ck = torch.load(run_dir / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ck["global_step"] == 3
+    # state_dict_type "full": one checkpoint holding every parameter at its full shape
+    from anymodal.train.module import AnyModalModule
+
+    ref = AnyModalModule(**{k: ck["hyper_parameters"][k] for k in ("tokenizers", "arch")}).state_dict()
+    assert ck["state_dict"].keys() == ref.keys()
+    for k, v in ck["state_dict"].items():
+        assert v.shape == ref[k].shape and torch.isfinite(v.float()).all(), k
 
 
 @pytest.mark.slow
@@ -242,9 +266,122 @@ def test_ddp_packed_mixture_resume_is_exact(tmp_path, synth_root):
     assert r.returncode != 0 and "simulated preemption" in r.stderr
     r = fit("resume", -1, "--ckpt_path", "last")
     assert r.returncode == 0, r.stderr[-3000:]
+    full = {rank: json.loads((tmp_path / f"full-{rank}--1.json").read_text())["rows"] for rank in (0, 1)}
     for rank in (0, 1):
-        full = json.loads((tmp_path / f"full-{rank}--1.json").read_text())
         part = json.loads((tmp_path / f"resume-{rank}-2.json").read_text())
         rest = json.loads((tmp_path / f"resume-{rank}--1.json").read_text())
-        assert part["rows"] == full["rows"][:2] and rest["rows"] == full["rows"][2:], rank
-    assert full["rows"][0]["batch"] != json.loads((tmp_path / "full-0--1.json").read_text())["rows"][0]["batch"]
+        assert part["rows"] == full[rank][:2] and rest["rows"] == full[rank][2:], rank
+    assert len(full[0]) == len(full[1]) == 4
+    assert full[0][0]["batch"] != full[1][0]["batch"]  # the two ranks read different samples
+
+
+def test_even_shard_sampler_takes_every_sample_once_in_equal_shards():
+    from anymodal.train.data import NO_SAMPLE, EvenShardSampler
+
+    for n, world in [(9, 2), (10, 4), (1, 2), (3, 3)]:
+        shards = [list(EvenShardSampler(range(n), num_replicas=world, rank=r)) for r in range(world)]
+        assert {len(s) for s in shards} == {-(-n // world)}, (n, world)  # the same number of batches on every rank
+        real = sorted(i for s in shards for i in s if i != NO_SAMPLE)
+        assert real == list(range(n)), (n, world)
+
+
+def _val_recipe(tmp: Path, data: Path, name: str) -> Path:
+    run = tmp / name
+    cfg = {"seed_everything": 0,
+           "model": {"tokenizers": ["text.bytes", {"name": "image.patch", "patch_size": 8}],
+                     "arch": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}, "warmup_steps": 1,
+                     "val_generate": 100},
+           "data": {"root": str(data), "batch_size": 2, "seq_len": 256},
+           "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+                       "default_root_dir": str(run),
+                       "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": str(run), "name": "csv", "version": ""}}],
+                       "callbacks": [{"class_path": "anymodal.evaluate.callback.EvalCallback",
+                                      "init_args": {"tasks": "image", "split": "val", "limit": 3, "batch_size": 2}}]}}
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _val_metrics(run: Path) -> dict[str, float]:
+    with open(run / "csv" / "metrics.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    return {k: float(v) for k, v in row.items() if v != ""}
+
+
+@pytest.mark.slow
+def test_ddp_validation_matches_one_process(tmp_path, synth_root):
+    """`anymodal validate` on 2 gloo processes reports what one process reports for the same
+    weights and data: val/loss (per modality too), val/acc and the evaluation callback's per-task
+    accuracies, with 9 validation samples (rank 0 takes 5, rank 1 takes 4: Lightning's default
+    sampler would count one twice) and one corrupt sample counted once in val/skipped."""
+    from anymodal.train.cli import run
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "images", data / "images")
+    shutil.copy(synth_root / "train.jsonl", data / "train.jsonl")
+    val = (synth_root / "val.jsonl").read_text().splitlines()[::2][:9]  # several image tasks
+    (data / "val.jsonl").write_text("\n".join(val) + "\n")
+    bad = json.loads(val[3])  # taken by rank 1
+    (data / next(s["path"] for s in bad["segments"] if s["type"] == "image")).write_bytes(b"not a png")
+
+    sys.argv = sys.argv[:1]
+    fit = ["--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+           "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path / 'fit'}"]
+    run(["fit", "--config", str(_val_recipe(tmp_path, data, "fit")), *fit])
+    (ckpt,) = (tmp_path / "fit").rglob("*.ckpt")
+
+    run(["validate", "--config", str(_val_recipe(tmp_path, data, "single")), "--trainer.devices=1",
+         f"--ckpt_path={ckpt}"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(Path(sys.executable).parent / "anymodal"), "validate", "--config",
+                        str(_val_recipe(tmp_path, data, "ddp")), "--trainer.devices=2", "--trainer.strategy=ddp",
+                        f"--ckpt_path={ckpt}"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sync_dist" not in r.stderr, r.stderr[-3000:]  # every epoch metric is reduced over the ranks
+
+    single, ddp = _val_metrics(tmp_path / "single"), _val_metrics(tmp_path / "ddp")
+    tokens = {k for k in single if k.endswith("tokens_per_s")}
+    assert single.keys() == ddp.keys()
+    for key in ("val/loss", "val/loss_text.bytes", "val/loss_special", "val/acc", "eval/acc"):  # images: no labels
+        assert key in single, sorted(single)
+    per_task = [k for k in single if k.startswith(("val/acc_", "eval/acc_"))]
+    assert len(per_task) >= 4, sorted(single)
+    assert single["val/skipped"] == ddp["val/skipped"] == 1
+    for k in sorted(single.keys() - tokens - {"step", "epoch"}):
+        assert ddp[k] == pytest.approx(single[k], rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process(tmp_path, png):
+    """The runner on 2 gloo processes (each answers its share, the ranks gather the answers)
+    gives every rank the one-process report: multiple choice, exact match, POPE's corpus-level
+    precision/recall and BLEU/CIDEr-D over all examples, predictions in order, one skip counted once."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from ddp_eval_worker import eval_model, eval_tasks, eval_worker
+
+    from anymodal.evaluate import evaluate
+    from anymodal.evaluate.runner import Shard
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(eval_worker, args=(2, port, str(png), str(bad), str(tmp_path)), nprocs=2, join=True)
+    single = json.loads(json.dumps(evaluate(eval_model(), eval_tasks(png, bad), batch_size=2)))
+    assert single["skipped"] == 1 and single["tasks"]["colour"]["n"] == 6
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert report["overall"] == pytest.approx(single["overall"]) and report["skipped"] == 1, rank
+        for name, want in single["tasks"].items():
+            got = report["tasks"][name]
+            assert got["n"] == want["n"] and got["predictions"] == want["predictions"], (rank, name)
+            assert got["metrics"] == pytest.approx(want["metrics"]), (rank, name)
+            assert got["chances"] == pytest.approx(want["chances"]), (rank, name)
+    assert Shard(1, 2).take(list("abcde")) == ["b", "d"] and Shard().gather(["x"]) == ["x"]
+    with pytest.raises(ValueError, match="rank must be in"):
+        Shard(2, 2)

@@ -172,9 +172,10 @@ def _setup_any_to_any(d: Path) -> None:
     import anymodal as am
     from anymodal.model import ModelConfig
 
-    # recipes/any-to-any.yaml's tokenizers, with the FSQ autoencoder at random init (no checkpoint)
+    # recipes/any-to-any.yaml's tokenizers, with the FSQ autoencoder at random init (asked for: no checkpoint)
     recipe = _recipe("any-to-any.yaml")
-    specs = [s if isinstance(s, str) else {k: v for k, v in s.items() if k != "checkpoint"}
+    specs = [s if isinstance(s, str) or "checkpoint" not in s else
+             {**{k: v for k, v in s.items() if k != "checkpoint"}, "random_init": True}
              for s in recipe["model"]["tokenizers"]]
     torch.manual_seed(0)
     am.AnyModal(specs, ModelConfig(**recipe["model"]["arch"])).export(d / "runs/any-to-any/export")

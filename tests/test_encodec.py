@@ -1,4 +1,4 @@
-"""audio.encodec: the real EnCodec 24 kHz model (random init here), code layouts, files."""
+"""audio.encodec: the real EnCodec 24 kHz model (random init here, asked for), code layouts, files, weights."""
 
 import pickle
 
@@ -12,7 +12,8 @@ import anymodal as am
 
 pytest.importorskip("encodec")
 
-from anymodal.data.synth_gen import beep_attributes, beep_wave  # noqa: E402
+from anymodal.data.synthetic import beep_wave  # noqa: E402
+from anymodal.evaluate.checks import beep_attributes  # noqa: E402
 from anymodal.tokenizers.audio_encodec import (  # noqa: E402
     delay_codes,
     flatten_codes,
@@ -23,12 +24,12 @@ from anymodal.tokenizers.audio_encodec import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tok():
-    return am.create_tokenizer("audio.encodec", seconds=0.5)
+    return am.create_tokenizer("audio.encodec", random_init=True, seconds=0.5)
 
 
 @pytest.fixture(scope="module")
 def delayed():
-    return am.create_tokenizer("audio.encodec", seconds=0.5, layout="delay", bandwidth=3.0)
+    return am.create_tokenizer("audio.encodec", random_init=True, seconds=0.5, layout="delay", bandwidth=3.0)
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_encode_file_fixed_grid_and_decode_to_wav(tok, wav, tmp_path):
 def test_same_seed_same_codes_and_inputs_differ(tok):
     rising = am.Audio(torch.from_numpy(beep_wave(3, "rising", 24000, 0.5)), sample_rate=24000)
     falling = am.Audio(torch.from_numpy(beep_wave(3, "falling", 24000, 0.5)), sample_rate=24000)
-    again = am.create_tokenizer("audio.encodec", seconds=0.5)
+    again = am.create_tokenizer("audio.encodec", random_init=True, seconds=0.5)
     a = tok.encode(rising).ids
     assert torch.equal(a, again.encode(rising).ids)
     assert (a != tok.encode(falling).ids).float().mean() > 0.2
@@ -109,7 +110,7 @@ def test_delay_layout_and_slot_ranges(delayed):
 
 
 def test_variable_length_without_seconds(wav):
-    tok = am.create_tokenizer("audio.encodec")
+    tok = am.create_tokenizer("audio.encodec", random_init=True)
     seg = am.Audio(str(wav))
     block = tok.encode(seg)
     assert block.grid is None and tok.fixed_length is None
@@ -118,9 +119,9 @@ def test_variable_length_without_seconds(wav):
 
 def test_bad_options_and_inputs(tmp_path):
     with pytest.raises(ValueError, match="bandwidth"):
-        am.create_tokenizer("audio.encodec", bandwidth=5.0)
+        am.create_tokenizer("audio.encodec", random_init=True, bandwidth=5.0)
     with pytest.raises(ValueError, match="layout"):
-        am.create_tokenizer("audio.encodec", layout="stack")
+        am.create_tokenizer("audio.encodec", random_init=True, layout="stack")
     with pytest.raises(FileNotFoundError, match="no.th"):
         am.create_tokenizer("audio.encodec", checkpoint=str(tmp_path / "no.th"))
     p = tmp_path / "evil.th"
@@ -130,7 +131,7 @@ def test_bad_options_and_inputs(tmp_path):
         am.create_tokenizer("audio.encodec", checkpoint=str(p))
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00")
-    tok = am.create_tokenizer("audio.encodec", seconds=0.5)
+    tok = am.create_tokenizer("audio.encodec", random_init=True, seconds=0.5)
     with pytest.raises(am.MediaError, match="bad.wav"):
         tok.encode(am.Audio(str(bad)))
     with pytest.raises(ValueError, match=r"\[0, 2048\)"):
@@ -144,7 +145,7 @@ def test_official_state_dict_checkpoint_loads(tmp_path):
 
     torch.manual_seed(5)
     ref = EncodecModel.encodec_model_24khz(pretrained=False)
-    src = am.create_tokenizer("audio.encodec", seed=7)  # initialised codebooks to copy
+    src = am.create_tokenizer("audio.encodec", random_init=True, seed=7)  # initialised codebooks to copy
     state = {**ref.state_dict(), **{k: v for k, v in src.model.state_dict().items() if k.startswith("quantizer.")}}
     p = tmp_path / "encodec_24khz-test.th"
     torch.save(state, p)
@@ -160,3 +161,37 @@ def test_beep_reader_on_reference_waves():
             a = beep_attributes(beep_wave(n, pattern, 24000, 0.8), 24000)
             assert (a["count"], a["pattern"]) == (n, pattern)
     assert beep_attributes(np.zeros(24000, dtype=np.float32), 24000)["count"] == 0
+
+
+def _official_format_state(seed: int = 5) -> dict:
+    """A state dict laid out like the official encodec_24khz-*.th (random values, real keys)."""
+    from encodec import EncodecModel
+
+    torch.manual_seed(seed)
+    ref = EncodecModel.encodec_model_24khz(pretrained=False)
+    src = am.create_tokenizer("audio.encodec", random_init=True, seed=7)
+    return {**ref.state_dict(), **{k: v for k, v in src.model.state_dict().items() if k.startswith("quantizer.")}}
+
+
+def test_random_weights_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no cached official weights
+    with pytest.raises(ValueError, match=r"needs the official 24 kHz weights: checkpoint=<encodec_24khz-d7cc33bc\.th>"
+                                         r".*empty_torch_home/hub/checkpoints.*random_init=True"):
+        am.create_tokenizer("audio.encodec")
+    with pytest.raises(ValueError, match="not both"):
+        am.create_tokenizer("audio.encodec", checkpoint=str(tmp_path / "x.th"), random_init=True)
+    tok = am.create_tokenizer("audio.encodec", random_init=True)
+    assert not tok.pretrained and tok.state_files() == {}  # rebuilt from its seed after an export
+
+
+def test_official_weights_from_the_encodec_cache(tmp_path, monkeypatch):
+    """With the official file in the encodec package's cache (torch hub), no option is needed."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = _official_format_state()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "encodec_24khz-d7cc33bc.th")
+    tok = am.create_tokenizer("audio.encodec", seconds=0.25)
+    assert tok.pretrained
+    for k, v in tok.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert not am.create_tokenizer("audio.encodec", random_init=True).pretrained  # asked for: random wins

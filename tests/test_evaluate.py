@@ -20,6 +20,7 @@ from anymodal.evaluate import (
     TaskUnavailable,
     build_task,
     evaluate_manifest,
+    evaluate_task,
     format_table,
     list_tasks,
     load_task_file,
@@ -30,7 +31,7 @@ from anymodal.evaluate import (
     write_report,
 )
 from anymodal.evaluate.likelihood import choice_scores, continuation_logprobs
-from anymodal.evaluate.probe import OBJECTS, SETTINGS
+from anymodal.data.synthetic.probe import OBJECTS, SETTINGS, negatives
 from anymodal.model import debug
 from anymodal.packing import pad
 from anymodal.segments import Text
@@ -147,37 +148,29 @@ def test_probe_is_balanced_with_true_negatives_of_each_kind(tmp_path):
     paths = write_probe(tmp_path, ProbeConfig(images=40))
     tasks = {t.name: t for t in load_task_file(paths["test"])}
     assert set(tasks) == {"pope.random", "pope.popular", "pope.adversarial", "caption.shapes"}
-    scenes = [e.meta["scene"] for e in tasks["caption.shapes"].examples]
-    frequency = Counter(o for s in scenes for o in s)
-    cooccur = Counter((a, b) for s in scenes for a in s for b in s if a != b)
-    negatives = {}
+    asked_no = {}
     for setting in SETTINGS:
         t = tasks[f"pope.{setting}"]
         assert t.metrics == ["pope"]
         answers = Counter(e.answers[0] for e in t.examples)
         assert answers["yes"] == answers["no"] > 0  # balanced
-        negatives[setting] = []
-        per_image: dict[str, list[str]] = {}
+        asked_no[setting] = []
         for e in t.examples:
             obj, scene = e.meta["object"], e.meta["scene"]
             assert e.prompt[0].data == f"Is there a {obj} in the image?"
             assert (obj in scene) == (e.answers[0] == "yes")  # the ground truth is the drawn scene
             if e.answers[0] == "no":
-                negatives[setting].append(obj)
-                per_image.setdefault(e.id.split("/")[2], []).append(obj)
-        for i, asked in per_image.items():
-            scene = scenes[int(i)]
-            absent = [o for o in OBJECTS if o not in scene]
-            if setting == "popular":  # the k most frequent absent objects of the whole set
-                key = {o: frequency[o] for o in absent}
-            elif setting == "adversarial":  # the k absent objects that co-occur most with what is there
-                key = {o: sum(cooccur[(p, o)] for p in scene) for o in absent}
-            else:
-                continue
-            others = [key[o] for o in absent if o not in asked]
-            assert min(key[o] for o in asked) >= max(others), (setting, i, asked)
+                asked_no[setting].append(obj)
     # popular and adversarial negatives concentrate on few objects; random ones spread out
-    assert len(set(negatives["random"])) > len(set(negatives["popular"]))
+    assert len(set(asked_no["random"])) > len(set(asked_no["popular"]))
+    # popular: the set's most frequent object is asked about in every image it is absent from
+    frequency = Counter(o for e in tasks["caption.shapes"].examples for o in e.meta["scene"])
+    (top, n_top), (_, n_next) = frequency.most_common(2)
+    assert n_top > n_next
+    popular = tasks["pope.popular"].examples
+    absent = {e.id.split("/")[2] for e in popular if top not in e.meta["scene"]}
+    asked = {e.id.split("/")[2] for e in popular if e.meta["object"] == top and e.answers == ["no"]}
+    assert absent and asked == absent
     caption = tasks["caption.shapes"]
     assert caption.metrics == ["cider", "bleu"]
     two = next(e for e in caption.examples if len(e.meta["scene"]) == 2)
@@ -188,10 +181,30 @@ def test_probe_is_balanced_with_true_negatives_of_each_kind(tmp_path):
     assert write_probe(tmp_path, ProbeConfig(images=40))["test"].stat().st_mtime_ns == before
 
 
+def test_negatives_follow_their_pope_setting():
+    """Hand-made statistics with one right answer per setting."""
+    import random
+
+    scene = ["red circle", "blue square"]
+    frequency = Counter({"green triangle": 9, "yellow circle": 7, "red square": 5, "red circle": 20, "blue square": 20})
+    cooccur = {o: Counter() for o in OBJECTS}
+    cooccur["red circle"].update({"yellow square": 4, "green circle": 1, "blue square": 9})
+    cooccur["blue square"].update({"green circle": 2, "red square": 1, "red circle": 9})
+    rng = random.Random(0)
+    # popular: the most frequent absent objects (present ones never count, however frequent)
+    assert negatives(scene, 2, "popular", rng, frequency, cooccur) == ["green triangle", "yellow circle"]
+    # adversarial: the absent objects that co-occur most with the present ones, summed (4; 1 + 2 = 3)
+    assert negatives(scene, 2, "adversarial", rng, frequency, cooccur) == ["yellow square", "green circle"]
+    drawn = negatives(scene, 5, "random", rng, frequency, cooccur)
+    assert len(set(drawn)) == 5 and not set(drawn) & set(scene)
+    with pytest.raises(ValueError, match="unknown POPE setting 'nope'"):
+        negatives(scene, 1, "nope", rng, frequency, cooccur)
+
+
 def test_probe_images_hold_exactly_their_objects(tmp_path):
     from PIL import Image
 
-    from anymodal.data.synth import COLOURS
+    from anymodal.data.synthetic import COLOURS
 
     paths = write_probe(tmp_path, ProbeConfig(images=12))
     caption = next(t for t in load_task_file(paths["test"]) if t.name == "caption.shapes")
@@ -271,7 +284,7 @@ def test_probe_and_caption_report(model, suite, tmp_path):
 
 @pytest.fixture(scope="module")
 def gen_suite(tmp_path_factory):
-    from anymodal.data.synth_gen import GenConfig, synthesize_gen
+    from anymodal.data.synthetic import GenConfig, synthesize_gen
 
     root = tmp_path_factory.mktemp("gen")
     synthesize_gen(root, GenConfig(tasks=["gen.text_image"], train_per_task=1, val_per_task=1, test_per_task=3))
@@ -285,20 +298,33 @@ def test_generation_tasks_need_a_discrete_output_tokenizer(model, gen_suite):
 
 
 @pytest.mark.slow
-def test_generation_task_scores_the_decoded_media(gen_suite):
+def test_generation_task_refuses_random_codec_media_and_scores_codes(gen_suite):
     torch.manual_seed(0)
-    m = am.AnyModal(["text.bytes", "image.fsq"], debug())
+    m = am.AnyModal(["text.bytes", {"name": "image.fsq", "random_init": True}], debug())
     task = build_task("gen.text_image", TaskContext(data_root=gen_suite))
     assert task.output == "image" and task.kind == "text→image"
-    assert {"colour", "shape"} <= set(task.examples[0].meta)  # the record's target
+    assert {"colour", "shape", "position"} <= set(task.examples[0].meta)  # the record's target
+    assert task.examples[0].target.modality == "image"  # the reference the codes are compared with
+    checks = ["check:image.colour+image.shape", "check:image.colour", "check:image.shape", "check:image.position"]
+    report = run_tasks(m, "gen.text_image", TaskContext(data_root=gen_suite))
+    r = report["tasks"]["gen.text_image"]
+    # random FSQ weights: the decoded pixels say nothing, so no check scores them, and the
+    # report says why; the generated codes are still scored against the reference's codes
+    assert r["status"] == "ok" and r["n"] == 3 and r["metric"] == "token_accuracy"
+    assert list(r["refused"]) == checks
+    assert "image.fsq has random weights (pretrained=False)" in r["refused"]["check:image.colour"]
+    assert ("not scored (image.colour+image.shape, image.colour, image.shape, image.position): image.fsq has "
+            "random weights (pretrained=False)") in format_table(report)
+    assert set(r["metrics"]) == {"token_accuracy", "exact_codes", "majority_code_accuracy", "prompt_blind_accuracy"}
+    assert r["chance"] == r["metrics"]["prompt_blind_accuracy"] > 0
+    # a task scored by checks alone has nothing left to score
+    r = evaluate_task(m, Task("checks.only", task.examples, checks[:1], output="image"))
+    assert r["status"] == "unsupported" and r["reason"].startswith("image.fsq has random weights")
+    # the same model with trained weights declared: the checks score its decoded images
+    next(t for t in m.vocab.tokenizers if t.name == "image.fsq").pretrained = True
     r = run_tasks(m, "gen.text_image", TaskContext(data_root=gen_suite))["tasks"]["gen.text_image"]
-    assert r["status"] == "ok" and r["n"] == 3 and r["metric"] == "check:image.colour+image.shape"
-    m_ = r["metrics"]
-    assert set(m_) == {"check:image.colour+image.shape", "check:image.colour", "check:image.shape", "no_output"}
-    # an untrained model rarely opens an image span; whatever it emits, the combined check can
-    # pass no more often than either of its parts
-    assert m_["check:image.colour+image.shape"] <= min(m_["check:image.colour"], m_["check:image.shape"])
-    assert all(0 <= v <= 1 for v in m_.values())
+    assert "refused" not in r and r["metric"] == checks[0] and set(checks) <= set(r["metrics"])
+    assert r["chance"] == pytest.approx(1 / 12)
 
 
 def test_tasks_need_the_models_input_tokenizers(suite):

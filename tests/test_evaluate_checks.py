@@ -1,4 +1,5 @@
-"""Generation checks on real media: images drawn by the suite's helpers, tones and the suite's beeps."""
+"""Generation checks on real media: images drawn by the synthetic helpers, tones, the suites' beeps;
+and the scoring of a generation task's outputs (checks, token accuracy, refusals)."""
 
 import random
 
@@ -6,18 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from anymodal.data import synth
+import anymodal as am
+from anymodal.data.synthetic import COLOURS, SHAPES, SynthConfig, beep_wave, draw_shape, grey_canvas, random_beeps
+from anymodal.data.synthetic import write_audio
 from anymodal.evaluate import Example, get_check, list_checks, register_check
-from anymodal.evaluate.checks import count_bursts
-from anymodal.evaluate.runner import score_checks
+from anymodal.evaluate.checks import beep_attributes, image_attributes, score_media, summarize_media
 from anymodal.generate import GenerationOutput
+from anymodal.model import debug
 from anymodal.segments import Segment, Text
 
 
-def _drawn(shape, colour, size=48, seed=0):
+def _drawn(shape, colour, size=48, seed=0, centre=None):
     rng = random.Random(seed)
-    img, d = synth._canvas(size, rng)
-    synth._draw_shape(d, shape, size / 2, size / 2, size * 0.3, synth.COLOURS[colour])
+    img, d = grey_canvas(size, rng)
+    cx, cy = centre or (size / 2, size / 2)
+    draw_shape(d, shape, cx, cy, size * 0.3, COLOURS[colour])
     return img
 
 
@@ -29,24 +33,32 @@ def _ex(**meta):
     return Example("e", [Text("Draw it.")], meta=meta)
 
 
-@pytest.mark.parametrize("shape", synth.SHAPES)
-@pytest.mark.parametrize("colour", list(synth.COLOURS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("colour", list(COLOURS))
 def test_image_checks_pass_on_the_right_drawing(shape, colour):
-    seg = _image_segment(_drawn(shape, colour, seed=synth.SHAPES.index(shape) * 10 + list(synth.COLOURS).index(colour)))
+    seg = _image_segment(_drawn(shape, colour, seed=SHAPES.index(shape) * 10 + list(COLOURS).index(colour)))
     assert get_check("image.colour")(seg, _ex(colour=colour)) == 1.0
     assert get_check("image.shape")(seg, _ex(shape=shape)) == 1.0
-    for other in synth.COLOURS:
+    for other in COLOURS:
         if other != colour:
             assert get_check("image.colour")(seg, _ex(colour=other)) == 0.0
-    for other in synth.SHAPES:
+    for other in SHAPES:
         if other != shape:
             assert get_check("image.shape")(seg, _ex(shape=other)) == 0.0
+
+
+def test_position_check_reads_the_quadrant():
+    seg = _image_segment(_drawn("circle", "red", size=64, centre=(46, 18)))
+    assert get_check("image.position")(seg, _ex(position="top right")) == 1.0
+    assert get_check("image.position")(seg, _ex(position="top left")) == 0.0
+    assert image_attributes(seg.data)["position"] == "top right"
 
 
 def test_image_checks_fail_on_a_blank_image_and_read_pil_images():
     blank = Segment(data=torch.full((3, 32, 32), 0.1), modality="image")
     assert get_check("image.colour")(blank, _ex(colour="red")) == 0.0
     assert get_check("image.shape")(blank, _ex(shape="circle")) == 0.0
+    assert image_attributes(blank.data)["shape"] is None
     pil = Segment(data=_drawn("square", "blue"), modality="image")
     assert get_check("image.colour")(pil, _ex(colour="blue")) == 1.0
 
@@ -63,7 +75,8 @@ def test_check_errors_name_what_is_wrong():
         get_check("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_check("image.colour", modality="image")(lambda s, e: True)
-    assert {"image.colour", "image.shape", "audio.frequency", "audio.beeps"} <= set(list_checks())
+    assert {"image.colour", "image.shape", "image.position", "audio.frequency", "audio.beeps",
+            "audio.pitch"} <= set(list_checks())
 
 
 def test_audio_frequency_check():
@@ -83,27 +96,96 @@ def test_audio_frequency_check():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_beep_counter_counts_the_suites_beeps(n, tmp_path):
-    """The suite's own beeps (random pitch, length, gaps and noise), through a real WAV file."""
-    cfg = synth.SynthConfig()
+def test_one_beep_reader_counts_both_suites_beeps(n, tmp_path):
+    """The QA suite's beeps (random pitch, length, gaps and noise), through a real WAV file, and the
+    generation targets' beeps (fixed gaps, a pitch pattern): one reader for both."""
+    cfg = SynthConfig()
     for seed in range(5):
-        wave = synth._beeps(random.Random(seed * 10 + n), cfg, n)
-        assert count_bursts(wave, cfg.audio_rate) == n
+        wave = random_beeps(random.Random(seed * 10 + n), n, cfg.audio_rate, cfg.audio_seconds)
+        assert beep_attributes(wave, cfg.audio_rate)["count"] == n
         path = tmp_path / f"{seed}.wav"
-        synth.write_audio(wave, path, cfg.audio_rate)
+        write_audio(wave, path, cfg.audio_rate)
         seg = Segment(data=str(path), modality="audio")
         assert get_check("audio.beeps")(seg, _ex(count=n)) == 1.0
         assert get_check("audio.beeps")(seg, _ex(count=n % 4 + 1)) == 0.0
+    for pattern in (["steady"] if n == 1 else ["rising", "falling", "steady"]):
+        seg = Segment(data=torch.from_numpy(beep_wave(n, pattern, 24000, 0.6))[None], modality="audio",
+                      options={"sample_rate": 24000})
+        assert get_check("audio.beeps")(seg, _ex(count=n)) == 1.0
+        assert get_check("audio.pitch")(seg, _ex(pattern=pattern)) == 1.0
+        if n > 1:
+            assert get_check("audio.pitch")(seg, _ex(pattern={"rising": "falling"}.get(pattern, "rising"))) == 0.0
 
 
-def test_score_checks_reads_the_first_segment_of_the_output_modality():
+def test_beep_reader_merges_a_dip_and_drops_a_click():
+    rate = 16000
+    wave = np.zeros(rate, dtype=np.float32)
+    t = np.arange(int(0.2 * rate)) / rate
+    wave[1600:1600 + len(t)] = 0.5 * np.sin(2 * np.pi * 800 * t)
+    wave[1600 + 1200:1600 + 1360] = 0  # a 10 ms dip inside the beep: still one beep
+    wave[12000:12080] = 0.9  # a 5 ms click: no beep
+    assert beep_attributes(wave, rate)["count"] == 1
+
+
+# ---- scoring a generation task's outputs ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def fsq_model():
+    torch.manual_seed(0)
+    return am.AnyModal(["text.bytes", {"name": "image.fsq", "random_init": True}], debug()).eval()
+
+
+def _output(model, segments, local_codes=None):
+    """A generation output as the model returns it: segments, and the unified ids of an image span."""
+    v = model.vocab
+    ids = [] if local_codes is None else [v.begin["image.fsq"], *(c + v.offset["image.fsq"] for c in local_codes),
+                                          v.end["image.fsq"]]
+    return GenerationOutput(segments, ids)
+
+
+def test_checks_read_the_first_image_and_are_refused_for_random_weights(fsq_model):
+    tok = next(t for t in fsq_model.vocab.tokenizers if t.name == "image.fsq")
     red, blue = _image_segment(_drawn("circle", "red")), _image_segment(_drawn("triangle", "blue"))
-    outputs = [GenerationOutput([Text("here: "), red]),  # right colour and shape
-               GenerationOutput([blue, red]),  # the first image counts: wrong colour and shape
-               GenerationOutput([Text("a red circle")])]  # no image at all
+    outputs = [_output(fsq_model, [Text("here: "), red]),  # right colour and shape
+               _output(fsq_model, [blue, red]),  # the first image counts: wrong colour and shape
+               _output(fsq_model, [Text("a red circle")])]  # no image at all
     examples = [_ex(colour="red", shape="circle")] * 3
-    scores, no_output = score_checks("check:image.colour+image.shape", outputs, examples, "image")
-    assert scores == [1.0, 0.0, 0.0]
-    assert no_output == [False, False, True]
-    scores, _ = score_checks("check:image.shape", outputs[:2], [_ex(shape="triangle")] * 2, "image")
-    assert scores == [0.0, 1.0]
+    assert not tok.pretrained  # random init: its decoded images are not scored
+    refused = summarize_media("check:image.colour", score_media(fsq_model, "check:image.colour", outputs, examples,
+                                                                "image"))
+    assert refused.refused.startswith("image.fsq has random weights (pretrained=False)") and not refused.values
+    tok.pretrained = True  # what loading trained weights declares
+    try:
+        got = summarize_media("check:image.colour+image.shape",
+                              score_media(fsq_model, "check:image.colour+image.shape", outputs, examples, "image"))
+        assert got.scores == [1.0, 0.0, 0.0] and got.refused is None
+        assert got.values == {"check:image.colour+image.shape": pytest.approx(1 / 3), "no_output": pytest.approx(1 / 3)}
+        assert got.chances == {"check:image.colour+image.shape": pytest.approx(1 / 12)}
+        shape = summarize_media("check:image.shape", score_media(fsq_model, "check:image.shape", outputs[:2],
+                                                                 [_ex(shape="triangle")] * 2, "image"))
+        assert shape.scores == [0.0, 1.0]
+    finally:
+        tok.pretrained = False
+
+
+def test_token_accuracy_against_the_reference_codes_and_its_floors(fsq_model, tmp_path):
+    tok = next(t for t in fsq_model.vocab.tokenizers if t.name == "image.fsq")
+    refs = [am.Image(_drawn("circle", "red", size=32, seed=1)), am.Image(_drawn("square", "blue", size=32, seed=2))]
+    codes = [tok.encode(r).ids.reshape(-1).tolist() for r in refs]
+    n = len(codes[0])
+    half = codes[1][:n // 2] + [(c + 1) % tok.vocab_size for c in codes[1][n // 2:]]  # the second half wrong
+    examples = [Example(str(i), [Text("draw")], target=r) for i, r in enumerate(refs)] * 2
+    outputs = [_output(fsq_model, [], codes[0]), _output(fsq_model, [], half), _output(fsq_model, [Text("no")]),
+               _output(fsq_model, [], codes[1][:n // 4])]  # cut short: the missing codes count as wrong
+    per = score_media(fsq_model, "token_accuracy", outputs, examples, "image")
+    assert [p["score"] for p in per] == [1.0, (n // 2) / n, 0.0, (n // 4) / n]
+    assert [p["exact"] for p in per] == [True, False, False, False]
+    got = summarize_media("token_accuracy", per)
+    assert got.values["token_accuracy"] == pytest.approx((n + n // 2 + n // 4) / (4 * n))
+    assert got.values["exact_codes"] == 0.25
+    # floors, by hand: two references, each twice; the most common code at each position is
+    # right for 2 of 4 outputs where they differ and for all 4 where they agree
+    agree = sum(a == b for a, b in zip(*codes))
+    assert got.chances["token_accuracy"] == pytest.approx((4 * agree + 2 * (n - agree)) / (4 * n))
+    assert got.values["prompt_blind_accuracy"] == got.chances["token_accuracy"]
+    with pytest.raises(ValueError, match="no reference media"):
+        score_media(fsq_model, "token_accuracy", outputs[:1], [_ex()], "image")

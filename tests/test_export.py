@@ -57,7 +57,7 @@ def test_export_writes_vocabulary_and_tokenizer_files(tmp_path):
 
     tj = _tiny_hf_tokenizer(tmp_path / "tokenizer.json")
     torch.manual_seed(0)
-    m = am.AnyModal([{"name": "text.hf", "path": str(tj)}, {"name": "image.fsq"}], debug()).eval()
+    m = am.AnyModal([{"name": "text.hf", "path": str(tj)}, {"name": "image.fsq", "random_init": True}], debug()).eval()
     prompt = ["what shape", am.Image(torch.rand(3, 32, 32))]
     ref = m.generate(prompt, max_new_tokens=6, stop_at_eos=False)
     exp = m.export(tmp_path / "exp")

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anymodal as am
-from anymodal.data.synth_gen import draw_scene, image_attributes
+from anymodal.data.synthetic import draw_gen_target as draw_scene
+from anymodal.evaluate.checks import image_attributes
 from anymodal.tokenizers.image_fsq import FSQ, FSQAutoencoder, FSQConfig, psnr
 
 SMALL = dict(image_size=16, levels=[5, 4], channels=16, downsample=2)  # 4x4 codes, 20 ids
@@ -39,7 +40,7 @@ def test_quantizer_uses_exactly_the_levels_and_passes_gradients():
 
 
 def test_tokenizer_contract_fixed_grid():
-    tok = am.create_tokenizer("image.fsq", **SMALL)
+    tok = am.create_tokenizer("image.fsq", **SMALL, random_init=True)
     assert tok.vocab_size == 20 and tok.fixed_grid == (1, 4, 4) and tok.fixed_length == 16
     assert tok.kind == "discrete" and not tok.bidirectional
     img = am.Image(torch.rand(3, 40, 24))  # any size is resized to the fixed grid
@@ -53,20 +54,37 @@ def test_tokenizer_contract_fixed_grid():
 
 
 def test_decode_rejects_bad_ids():
-    tok = am.create_tokenizer("image.fsq", **SMALL)
+    tok = am.create_tokenizer("image.fsq", **SMALL, random_init=True)
     with pytest.raises(ValueError, match="16 ids"):
         tok.decode(torch.zeros(15, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 20\)"):
         tok.decode(torch.full((16,), 20))
 
 
+def test_random_weights_only_when_asked(tmp_path):
+    with pytest.raises(ValueError, match=r"image.fsq needs trained weights: checkpoint=.*recipes/image-fsq.yaml"
+                                         r".*random_init=True"):
+        am.create_tokenizer("image.fsq", **SMALL)
+    with pytest.raises(ValueError, match="not both"):
+        am.create_tokenizer("image.fsq", checkpoint=str(tmp_path / "x.ckpt"), random_init=True)
+    tok = am.create_tokenizer("image.fsq", **SMALL, random_init=True)
+    assert not tok.pretrained
+    # an export of random weights carries them, and says they are random after loading
+    m = am.AnyModal(["text.bytes", {"name": "image.fsq", **SMALL, "random_init": True}], am_debug())
+    m.export(tmp_path / "exp")
+    tok2 = am.AnyModal.load(tmp_path / "exp").vocab.tokenizers[1]
+    assert tok2.name == "image.fsq" and not tok2.pretrained
+    x = am.Image(torch.rand(3, 16, 16))
+    assert torch.equal(tok2.encode(x).ids, tok.encode(x).ids)
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="divisible"):
-        am.create_tokenizer("image.fsq", image_size=30, downsample=2)
+        am.create_tokenizer("image.fsq", random_init=True, image_size=30, downsample=2)
     with pytest.raises(ValueError, match="levels"):
-        am.create_tokenizer("image.fsq", levels=[1, 4])
+        am.create_tokenizer("image.fsq", random_init=True, levels=[1, 4])
     with pytest.raises(ValueError, match="cfg_dropout"):
-        am.create_tokenizer("image.fsq", cfg_dropout=1.5)
+        am.create_tokenizer("image.fsq", random_init=True, cfg_dropout=1.5)
 
 
 def _ckpt(tmp_path, cfg: FSQConfig, seed=3):

@@ -53,6 +53,9 @@ def test_needs_weights_unless_random_init():
         am.create_tokenizer("image.encoder", arch="vit_b_16", hidden_dim=32, random_init=True)
     with pytest.raises(ValueError, match="layer 5 is out of range"):
         _tok(layer=5)
+    assert not _tok().pretrained  # random weights, asked for: checks of decoded media refuse them
+    with pytest.raises(ValueError, match="not both"):
+        _tok(weights="vit.pth")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -69,6 +72,7 @@ def test_weights_file_loads_and_interpolates(tmp_path, suffix):
 
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(f))
     tok = am.create_tokenizer("image.encoder", **{**TINY, "weights": str(f)})
+    assert tok.pretrained
     x = torch.rand(3, 32, 32)
     with torch.no_grad():
         t = torch.cat([vit.class_token, vit._process_input(tok._pixels(am.Image(x)))], dim=1)

@@ -1,6 +1,7 @@
 """Video decoding and the ``video.tubelet`` tokenizer, on real MP4/MKV/AVI files written with PyAV."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -8,8 +9,9 @@ import torch
 
 import anymodal as am
 from anymodal.media.limits import MediaLimits
-from anymodal.media.video import (available_backends, load_video, read_frames, resolve_backend, sample_indices,
-                                  video_info)
+from anymodal.media import video as video_mod
+from anymodal.media.video import (VIDEO_BACKENDS, available_video_backends, load_video, read_frames,
+                                  resolve_video_backend, sample_indices, video_backend_problem, video_info)
 from anymodal.tokenizers.video_tubelet import tubeletify, untubeletify
 
 av = pytest.importorskip("av")
@@ -67,7 +69,7 @@ def test_video_info_reads_the_header(videos):
     assert (m.num_frames, m.exact) == (16, False)
     g = video_info(videos["gop4"])
     assert (g.num_frames, g.height, g.width) == (64, 24, 40)
-    if "decord" in available_backends():
+    if "decord" in available_video_backends():
         d = video_info(videos["mp4"], backend="decord")
         assert (d.num_frames, d.fps, d.height, d.width) == (16, 8.0, 32, 32)
 
@@ -107,7 +109,7 @@ def test_every_backend_returns_the_same_frames(videos, kind):
     everything = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     container.close()
     assert len(everything) == info.num_frames
-    for backend in available_backends():
+    for backend in available_video_backends():
         got = read_frames(path, idx, backend=backend, info=info)
         assert got.shape == (5, info.height, info.width, 3) and got.dtype == np.uint8
         diff = np.abs(got.astype(int) - everything[idx].astype(int)).max()
@@ -140,7 +142,7 @@ def test_auto_backend_falls_back_when_decord_fails(videos):
     # decord 0.6 mis-sizes frames 48 pixels wide; "auto" must still return PyAV's frames
     ref = load_video(videos["w48"], backend="pyav")
     assert torch.equal(load_video(videos["w48"]), ref)
-    if "decord" in available_backends():
+    if "decord" in available_video_backends():
         try:
             load_video(videos["w48"], backend="decord")
         except am.MediaError as e:
@@ -176,10 +178,89 @@ def test_limits(videos):
 
 def test_backend_names():
     with pytest.raises(ValueError, match="unknown video backend"):
-        resolve_backend("ffmpeg-cli")
-    if "torchcodec" not in available_backends():
-        with pytest.raises(ImportError, match="torchcodec.*not available"):
-            resolve_backend("torchcodec")
+        resolve_video_backend("ffmpeg-cli")
+    if "torchcodec" not in available_video_backends():
+        with pytest.raises(ImportError, match="torchcodec.*not available: .*apt-get install ffmpeg"):
+            resolve_video_backend("torchcodec")
+
+
+# -- probing: a backend is listed only when it decodes here -----------------------------------
+
+
+@pytest.fixture
+def fresh_probe():
+    """Forget the once-per-process probe results before and after the test."""
+    video_mod.video_backend_problem.cache_clear()
+    yield
+    video_mod.video_backend_problem.cache_clear()
+
+
+def _torchcodec_that_cannot_load(tmp_path):
+    """A ``torchcodec`` package that imports but fails at its first decode, as TorchCodec does on
+    a machine without FFmpeg's libraries (the message is the real one's first and last lines)."""
+    pkg = tmp_path / "fake_site" / "torchcodec"
+    (pkg / "decoders").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "decoders" / "__init__.py").write_text(
+        "class VideoDecoder:\n"
+        "    def __init__(self, *a, **k):\n"
+        "        raise RuntimeError('Could not load libtorchcodec. Likely causes:\\n'\n"
+        "                           'OSError: libavutil.so.59: cannot open shared object file: No such file\\n'\n"
+        "                           '[end of libtorchcodec loading traceback].')\n")
+    return pkg.parent
+
+
+@pytest.fixture
+def broken_torchcodec(tmp_path, monkeypatch):
+    """The fake TorchCodec on sys.path for one test; the real one's modules come back afterwards."""
+    def ours(m):
+        return m == "torchcodec" or m.startswith("torchcodec.")
+
+    monkeypatch.delenv("ANYMODAL_VIDEO_BACKENDS", raising=False)  # CI's run without TorchCodec sets it
+    saved = {m: mod for m, mod in sys.modules.items() if ours(m)}
+    for m in saved:
+        del sys.modules[m]
+    monkeypatch.syspath_prepend(str(_torchcodec_that_cannot_load(tmp_path)))
+    yield
+    for m in [m for m in sys.modules if ours(m)]:
+        del sys.modules[m]
+    sys.modules.update(saved)
+
+
+def test_torchcodec_that_imports_but_cannot_load_is_left_out(videos, broken_torchcodec, fresh_probe):
+    import torchcodec.decoders  # noqa: F401 - it imports: only decoding tells
+
+    why = video_backend_problem("torchcodec")
+    assert why.startswith("cannot decode a test clip") and "libavutil.so.59" in why, why
+    assert "\n" not in why and "[end of" not in why  # one readable line, not a page of tracebacks
+    assert "torchcodec" not in available_video_backends()
+    assert available_video_backends() and resolve_video_backend("auto") != "torchcodec"
+    with pytest.raises(ImportError, match="'torchcodec' is not available: cannot decode a test clip"):
+        resolve_video_backend("torchcodec")
+    x = load_video(videos["mp4"], num_frames=4)  # "auto" decodes with the working backends
+    assert [frame_index(f) for f in x] == sample_indices(16, num_frames=4)
+    tok = am.create_tokenizer("video.tubelet", patch_size=8)
+    assert tok.encode(am.Video(str(videos["mp4"]), num_frames=4)).grid == (2, 4, 4)
+
+
+def test_environment_variable_restricts_the_backends(videos, monkeypatch, fresh_probe):
+    monkeypatch.setenv("ANYMODAL_VIDEO_BACKENDS", "pyav")
+    assert available_video_backends() == ["pyav"]
+    assert video_backend_problem("decord") == "disabled by ANYMODAL_VIDEO_BACKENDS=pyav"
+    stats = {}
+    read_frames(videos["mp4"], [3], stats=stats)  # "auto" = PyAV, the only one left
+    assert "decoded" in stats
+    video_mod.video_backend_problem.cache_clear()
+    monkeypatch.setenv("ANYMODAL_VIDEO_BACKENDS", "pyav,vlc")
+    with pytest.raises(ValueError, match="ANYMODAL_VIDEO_BACKENDS='pyav,vlc' names unknown video backends"):
+        available_video_backends()
+
+
+def test_probe_runs_once_per_process(fresh_probe, monkeypatch):
+    first = [video_backend_problem(b) for b in VIDEO_BACKENDS]
+    calls = []
+    monkeypatch.setattr(video_mod, "_read_pyav", lambda *a: calls.append(a))  # would break a new probe
+    assert [video_backend_problem(b) for b in VIDEO_BACKENDS] == first and not calls
 
 
 def test_isolated_decode_equals_in_process(videos):
@@ -242,7 +323,8 @@ def test_tubelet_budget_keeps_aspect(videos):
 
 def test_tubelet_backends_and_isolation(videos):
     seg = am.Video(str(videos["mp4"]), num_frames=4)
-    blocks = [am.create_tokenizer("video.tubelet", patch_size=8, backend=b).encode(seg) for b in available_backends()]
+    blocks = [am.create_tokenizer("video.tubelet", patch_size=8, backend=b).encode(seg)
+              for b in available_video_backends()]
     blocks.append(am.create_tokenizer("video.tubelet", patch_size=8, isolate=True).encode(seg))
     for b in blocks[1:]:
         assert b.grid == blocks[0].grid and (b.vectors - blocks[0].vectors).abs().max() <= 4 / 255

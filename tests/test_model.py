@@ -82,20 +82,36 @@ def test_packed_row_equals_each_sample_alone():
             at += len(s)
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+GPU_PRESETS = {"base"}  # ~100M parameters: seconds and GBs of fp32 backward on 2 CPU cores
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=ON_GPU) if p in GPU_PRESETS else p for p in sorted(PRESETS)])
 def test_presets_forward_backward(preset):
-    if preset == "base":
-        pytest.skip("base is a GPU-size preset")
-    torch.manual_seed(0)
-    m = am.AnyModal(TOKS, PRESETS[preset]())
-    batch = m.batch(_samples(), seq_len=128)
+    """Every preset: finite loss, and every parameter gets a finite, non-zero gradient (GPU-size
+    presets run on CUDA in bf16 autocast, as they train)."""
     from anymodal.model import lm_loss
 
-    loss, _ = lm_loss(m(batch), batch.labels)
+    device = "cuda" if preset in GPU_PRESETS else "cpu"
+    torch.manual_seed(0)
+    m = am.AnyModal(TOKS, PRESETS[preset]()).to(device)
+    batch = m.batch(_samples(), seq_len=128).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        loss, _ = lm_loss(m(batch), batch.labels)
     assert torch.isfinite(loss)
     loss.backward()
     for n, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_num_params_counts_the_built_model(preset):
+    """``ModelConfig.num_params()`` (sizes runs and MFU without building) equals the parameters of
+    the model built from it; built on the meta device, so the GPU-size presets cost no memory."""
+    with torch.device("meta"):
+        m = am.AnyModal(TOKS, PRESETS[preset]())
+    assert m.config.num_params() == sum(p.numel() for p in m.model.parameters())
+    assert all(p.is_meta for p in m.model.parameters())
 
 
 def test_kv_cache_equals_uncached_and_batch_equals_single():

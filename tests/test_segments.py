@@ -35,3 +35,18 @@ def test_bad_role_and_missing_fields():
         segment_from_dict({"type": "image"})
     with pytest.raises(TypeError):
         to_segments([3.5])
+
+
+def test_segment_from_dict_is_public():
+    assert am.segment_from_dict is segment_from_dict and "segment_from_dict" in am.__all__
+    assert am.segment_from_dict({"type": "text", "text": "hi", "role": "target"}).role == "target"
+
+
+def test_generated_segments_say_so():
+    from anymodal.model import debug
+
+    model = am.AnyModal(["text.bytes"], debug())
+    (seg,) = model.generate(["hi"], max_new_tokens=3, seed=0, stop_at_eos=False).segments
+    assert seg.generated and seg.role == "target"
+    assert repr(seg).endswith("role='target', generated=True)")
+    assert repr(am.Text("hi")) == "Text('hi', role='prompt')"  # what the user writes stays as it was

@@ -100,7 +100,7 @@ def test_init_from_is_strict(tmp_path):
         assert torch.equal(v, b.model.state_dict()[k]), k
     meta, state = read_weights(exp)
     assert meta["format"] == "anymodal" and "embed.weight" in state
-    wrong_vocab = from_hf(lm, [PATCH, {"name": "image.fsq"}])
+    wrong_vocab = from_hf(lm, [PATCH, {"name": "image.fsq", "random_init": True}])
     with pytest.raises(ValueError, match="vocabulary differs"):
         load_weights(wrong_vocab, exp)
     wrong_shape = from_hf(lm, [{**PATCH, "patch_size": 4}])

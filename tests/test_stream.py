@@ -9,9 +9,9 @@ import anymodal as am
 from anymodal.model import AnyModalTransformer, ModelConfig
 from anymodal.packing import assign_rows, pack
 from anymodal.stream import IGNORE, StreamBuilder, Vocabulary, build_tokenizers
+from anymodal.tokenizers.registry import unregister_tokenizer
 
 
-@am.register_tokenizer("test.const")
 class ConstTokenizer(am.ModalityTokenizer):
     """Emits ``n`` vectors all equal to ``value`` (segment data = (value, n))."""
 
@@ -25,7 +25,6 @@ class ConstTokenizer(am.ModalityTokenizer):
         return am.TokenBlock(vectors=torch.full((n, self.input_dim), float(value)), grid=(1, 1, n))
 
 
-@am.register_tokenizer("test.codes")
 class CodesTokenizer(am.ModalityTokenizer):
     modality, kind = "codes", "discrete"
 
@@ -37,6 +36,16 @@ class CodesTokenizer(am.ModalityTokenizer):
 
     def decode(self, ids):
         return ids.tolist()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def test_tokenizers():
+    """Register this module's tokenizers for its tests only: other modules see the registry as shipped."""
+    am.register_tokenizer("test.const")(ConstTokenizer)
+    am.register_tokenizer("test.codes")(CodesTokenizer)
+    yield
+    unregister_tokenizer("test.const")
+    unregister_tokenizer("test.codes")
 
 
 def Const(value, n, role="prompt"):
@@ -181,3 +190,28 @@ def test_packed_batch_invariants(samples):
         assert (batch.labels[r][~real] == IGNORE).all()
     n_vec = sum(int((s.modality == b.vocab.index["test.const"]).sum()) for s in streams)
     assert batch.vectors.get("test.const", torch.zeros(0, 4)).shape[0] == n_vec
+
+
+def test_a_grid_over_max_grid_names_the_tokenizer_the_input_and_the_fix():
+    b = StreamBuilder(build_tokenizers(["text.bytes", "test.const"]), max_grid=64)
+    b.build(["ok", Const(1.0, 64)])  # coordinates 0..63 fit
+    with pytest.raises(ValueError, match=r"<tuple>: tokenizer 'test.const' laid it out as a grid \(1, 1, 127\), "
+                                         r"whose side 127 is over model.arch.max_grid=64; raise model.arch.max_grid "
+                                         r"to at least 127"):
+        b.build(["too long:", Const(1.0, 127)])
+
+
+def test_a_fixed_grid_over_max_grid_is_refused_at_setup():
+    class Tiles(CodesTokenizer):
+        fixed_grid, fixed_length = (1, 8, 80), 640
+
+    am.register_tokenizer("test.tiles")(Tiles)
+    try:
+        with pytest.raises(ValueError, match=r"tokenizer 'test.tiles' emits a fixed grid \(1, 8, 80\) with a side "
+                                             r"of 80 > model.arch.max_grid=64; raise model.arch.max_grid"):
+            am.AnyModal(["text.bytes", "test.tiles"], ModelConfig(dim=8, n_layers=1, n_heads=2))
+        # without learned media positions there is no bound
+        am.AnyModal(["text.bytes", "test.tiles"], ModelConfig(dim=8, n_layers=1, n_heads=2, media_pos_embed=False))
+    finally:
+        unregister_tokenizer("test.tiles")
+

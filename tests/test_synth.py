@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anymodal.data.synth import (AUDIO_TASKS, CROSS_TASKS, FORMAT_VERSION, IMAGE_TASKS, TASK_GROUPS, TASKS, VIDEO_TASKS,
-                                 SynthConfig, synthesize)
+from anymodal.data.synthetic.qa import (AUDIO_TASKS, CROSS_TASKS, FORMAT_VERSION, IMAGE_TASKS, TASK_GROUPS, TASKS,
+                                        VIDEO_TASKS, SynthConfig, synthesize)
 
 PER = 8  # samples per task in the shared tiny suite (2 per answer of a 4-way task)
 
@@ -239,7 +239,7 @@ def test_more_circles_from_two_images(suite):
 def test_single_shape_answers_match(suite):
     """Shape from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2),
     colour from its mean pixel, position from its centroid."""
-    from anymodal.data.synth import COLOURS, POSITIONS
+    from anymodal.data.synthetic import COLOURS, POSITIONS
 
     root, cfg = suite
     half = cfg.image_size / 2
@@ -341,3 +341,75 @@ def test_cli_synth_takes_groups_and_sizes(tmp_path, capsys):
         assert len(wave) == 12800 and _count_beeps(wave, sr) == int(rec["answer"]), rec["id"]
     assert main(["data", "synth", "--out", str(tmp_path), "--tasks", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+# ---- every generated data set: one writer, content fixed by the seeds -----------------------------
+def _content_digest(root: Path) -> str:
+    """Manifests, stamps and decoded pixels/samples of every file but MP4s (whose bytes follow the
+    H.264 encoder's version, not ours)."""
+    import soundfile as sf
+    from PIL import Image
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix == ".mp4":
+            continue
+        h.update(str(p.relative_to(root)).encode())
+        if p.suffix == ".png":
+            h.update(np.asarray(Image.open(p).convert("RGB")).tobytes())
+        elif p.suffix == ".wav":
+            h.update(sf.read(p, dtype="int16")[0].tobytes())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def test_every_generated_set_keeps_its_content(tmp_path):
+    """Same seeds, same images, sounds and labels: the digests were taken from the four generators
+    before they became one package (and the demo's numbers rest on them). A change to what a
+    generator draws or in which order it draws from its random stream changes a digest; if that
+    is intended, bump the generator's FORMAT_VERSION and take the new digests."""
+    from anymodal.data.synthetic import (CaptionConfig, GenConfig, ProbeConfig, synthesize_captions, synthesize_gen,
+                                         write_probe)
+
+    synthesize(tmp_path / "qa", SynthConfig(tasks=["image", "audio", "cross", "cross.same_count"], train_per_task=2,
+                                            val_per_task=1, test_per_task=1))
+    synthesize_captions(tmp_path / "cap", CaptionConfig(train=4, val=1, test=2))
+    synthesize_gen(tmp_path / "gen", GenConfig(train_per_task=3, val_per_task=1, test_per_task=2))
+    write_probe(tmp_path / "probe", ProbeConfig(images=3, val_images=2))
+    got = {k: _content_digest(tmp_path / k) for k in ("qa", "cap", "gen", "probe")}
+    assert got == {"qa": "6fc3a08930a6ab4e", "cap": "de98065f47191c24", "gen": "0ee72bc047adef49",
+                   "probe": "bc6773fc6cb16f60"}
+
+
+def test_write_suite_writes_once_atomically_and_redoes_a_cut_run(tmp_path):
+    from anymodal.data.synthetic import write_suite
+
+    calls = []
+
+    def make(split):
+        calls.append(split)
+        return [{"id": f"{split}/0", "segments": [{"type": "text", "text": split}]}]
+
+    manifests = {"train": tmp_path / "train.jsonl", "test": tmp_path / "test.jsonl"}
+    stamp = tmp_path / "toy.json"
+    assert write_suite(stamp, {"version": 1}, manifests, make) == manifests
+    assert calls == ["train", "test"] and json.loads(stamp.read_text()) == {"version": 1}
+    assert json.loads(manifests["test"].read_text()) == {"id": "test/0", "segments": [{"type": "text", "text": "test"}]}
+    assert not list(tmp_path.glob("*.tmp"))
+    write_suite(stamp, {"version": 1}, manifests, make)
+    assert calls == ["train", "test"]  # same config: nothing redone
+    manifests["test"].unlink()
+    write_suite(stamp, {"version": 1}, manifests, make)
+    assert calls == ["train", "test"] * 2  # a manifest missing: all redone
+
+    def broken(split):
+        if split == "test":
+            raise RuntimeError("disk full")
+        return make(split)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_suite(stamp, {"version": 2}, manifests, broken)
+    assert not stamp.exists()  # a cut run leaves no stamp: the next call writes it all again
+    write_suite(stamp, {"version": 2}, manifests, make)
+    assert calls[-2:] == ["train", "test"] and json.loads(stamp.read_text()) == {"version": 2}

@@ -34,6 +34,24 @@ Command line::
 
 Input files are JSONL (one document per line; ``.jsonl.gz`` too) or, when ``pyarrow`` is
 installed, Parquet (the OBELICS release format).
+
+**Conversations** (instruction data; records with turns, for a model with
+``model.arch.chat_template``, see :mod:`anymodal.chat`). Input: a JSON array or JSONL.
+
+- ``llava`` (LLaVA, LLaVA-1.5, ShareGPT4V, LLaVA-Video): ``{"id", "image": "p.png" | ["p1", "p2"],
+  "video": ..., "conversations": [{"from": "human"|"gpt"|"system", "value": "<image>\\n..."}]}``.
+  Each ``<image>`` (``<video>``) placeholder becomes an image (video) segment where it stands; a
+  record with media but no placeholder gets them before the first human turn, as LLaVA does.
+- ``sharegpt``: the same ``conversations`` layout (text only, or with media as above).
+- ``messages``: Hugging Face ``{"messages": [{"role", "content": str | [{"type": "text"|"image"|
+  "video"|"audio", ...}]}]}``.
+
+Each turn becomes ``{"type": "turn", "turn": "user"}`` followed by its segments; assistant
+segments are ``role: target`` (the loss falls on every assistant turn). A record is dropped and
+its reason kept (``--strict``: the import stops there) when it is malformed, names a media file
+that is not on disk, or has placeholders that do not match its media count::
+
+    anymodal data import --format llava llava_v1_5_mix665k.json data/llava.jsonl --image-root coco/
 """
 
 from __future__ import annotations
@@ -48,7 +66,12 @@ from typing import Any
 
 from anymodal.errors import ManifestError
 
-FORMATS = ("obelics", "mmc4")
+FORMATS = ("obelics", "mmc4", "llava", "sharegpt", "messages")
+CHAT_FORMATS = ("llava", "sharegpt", "messages")
+#: speaker names of ShareGPT/LLaVA ``from`` fields -> our turn speakers
+_SPEAKERS = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+             "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
+_MEDIA = ("image", "video", "audio")
 _URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "ftp://", "hf://")
 
 
@@ -204,6 +227,137 @@ def mmc4_to_record(doc: dict, resolve: _Resolver, image_position: str = "before"
     return rec
 
 
+class _MediaRoots:
+    """Media references of conversation records -> paths; a file that is not there drops the record."""
+
+    def __init__(self, roots: dict[str, str | os.PathLike | None], out_dir: Path, report: ImportReport):
+        self.roots = {k: Path(v).absolute() for k, v in roots.items() if v is not None}
+        self.out_dir, self.report = out_dir.absolute(), report
+
+    def __call__(self, kind: str, ref: Any) -> str:
+        if isinstance(ref, dict):
+            ref = ref.get("path") or ref.get(kind) or ref.get("url")
+        if not isinstance(ref, str) or not ref:
+            raise _DocError(f"{kind} reference must be a non-empty string, got {type(ref).__name__}")
+        if _is_url(ref):
+            raise _DocError(f"{kind} {ref!r} is a URL; download it and pass --{kind}-root")
+        root = self.roots.get(kind)
+        full = Path(ref) if os.path.isabs(ref) or root is None else root / ref
+        if not full.is_file():
+            self.report.images_missing += 1
+            raise _DocError(f"{kind} file not found: {full}" + ("" if root else f" (pass --{kind}-root)"))
+        self.report.images_kept += 1
+        full = full.absolute()
+        return str(full.relative_to(self.out_dir)) if full.is_relative_to(self.out_dir) else str(full)
+
+
+def _split_placeholders(text: str, media: dict[str, list[str]], used: dict[str, int]) -> list[dict]:
+    """``"<image>\\nWhat is it?"`` -> image and text segments in order, taking media in turn."""
+    import re
+
+    out: list[dict] = []
+    for piece in re.split(r"(<image>|<video>|<audio>)", text):
+        kind = piece[1:-1] if piece in ("<image>", "<video>", "<audio>") else None
+        if kind is None:
+            if piece.strip():
+                out.append({"type": "text", "text": piece.strip()})
+            continue
+        i = used[kind]
+        used[kind] += 1
+        if i < len(media[kind]):
+            out.append({"type": kind, "path": media[kind][i]})
+    return out
+
+
+def sharegpt_to_record(doc: dict, resolve: _MediaRoots) -> dict:
+    """One LLaVA / ShareGPT record -> one manifest record with turns (see the module docstring)."""
+    conv = doc.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise _DocError("needs a non-empty 'conversations' list")
+    media: dict[str, list[str]] = {}
+    for kind in _MEDIA:
+        refs = doc.get(kind)
+        refs = [] if refs is None else refs if isinstance(refs, list) else [refs]
+        media[kind] = [resolve(kind, r) for r in refs]
+    turns: list[tuple[str, str]] = []
+    for j, t in enumerate(conv):
+        if not isinstance(t, dict) or not isinstance(t.get("value"), str):
+            raise _DocError(f"conversations[{j}] must be an object with a string 'value'")
+        speaker = _SPEAKERS.get(str(t.get("from", t.get("role", ""))).lower())
+        if speaker is None:
+            raise _DocError(f"conversations[{j}]: unknown speaker {t.get('from')!r} "
+                            f"(expected human, gpt or system)")
+        turns.append((speaker, t["value"]))
+    if not any(s == "assistant" for s, _ in turns):
+        raise _DocError("no assistant (gpt) turn to learn from")
+    for kind in _MEDIA:
+        n_tags = sum(v.count(f"<{kind}>") for _, v in turns)
+        if n_tags and n_tags != len(media[kind]):
+            raise _DocError(f"{n_tags} <{kind}> placeholder(s) but {len(media[kind])} {kind}(s)")
+    used = dict.fromkeys(_MEDIA, 0)
+    segments: list[dict] = []
+    leading_done = False
+    for speaker, value in turns:
+        segments.append({"type": "turn", "turn": speaker})
+        if speaker == "user" and not leading_done:  # media without placeholders: before the first question
+            leading_done = True
+            for kind in _MEDIA:
+                if media[kind] and not any(f"<{kind}>" in v for _, v in turns):
+                    segments += [{"type": kind, "path": p} for p in media[kind]]
+        parts = _split_placeholders(value, media, used)
+        if speaker == "assistant":
+            parts = [{**p, "role": "target"} for p in parts]
+        segments += parts
+    return {"segments": segments}
+
+
+def messages_to_record(doc: dict, resolve: _MediaRoots) -> dict:
+    """One Hugging Face ``{"messages": [...]}`` record -> one manifest record with turns."""
+    msgs = doc.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _DocError("needs a non-empty 'messages' list")
+    segments: list[dict] = []
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise _DocError(f"messages[{j}] needs a 'role' of system, user or assistant")
+        content = m.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list):
+            raise _DocError(f"messages[{j}]: 'content' must be a string or a list of parts")
+        segments.append({"type": "turn", "turn": m["role"]})
+        for k, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                seg = {"type": "text", "text": part["text"]}
+            elif kind in _MEDIA:
+                seg = {"type": kind, "path": resolve(kind, part.get("path") or part.get(kind) or part.get("url"))}
+            else:
+                raise _DocError(f"messages[{j}].content[{k}]: expected a text, image, video or audio part")
+            segments.append({**seg, "role": "target"} if m["role"] == "assistant" else seg)
+    if not any(m.get("role") == "assistant" for m in msgs):
+        raise _DocError("no assistant message to learn from")
+    return {"segments": segments}
+
+
+def _read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    """(record number from 1, record) of a JSON array file (LLaVA's release format)."""
+    try:
+        docs = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ManifestError(path, 1, f"not a valid JSON array ({e})") from None
+    if not isinstance(docs, list):
+        raise ManifestError(path, 1, "expected a JSON array of records (or JSONL)")
+    yield from enumerate(docs, 1)
+
+
+def _starts_with_array(path: Path) -> bool:
+    if path.suffix in (".gz", ".parquet"):
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4096).lstrip().startswith(b"[")
+
+
 def _read_docs(path: Path) -> Iterator[tuple[int, Any]]:
     """(line or row number, document) from JSONL(.gz) or Parquet; bad JSON -> ManifestError."""
     if path.suffix == ".parquet":
@@ -254,8 +408,12 @@ def read_url_map(path: str | os.PathLike) -> dict[str, str]:
 def import_documents(src: str | os.PathLike, dst: str | os.PathLike, fmt: str, *,
                      image_root: str | os.PathLike | None = None, url_map: dict[str, str] | None = None,
                      drop_missing: bool = False, strict: bool = False, image_position: str = "before",
-                     min_similarity: float | None = None, limit: int | None = None) -> ImportReport:
-    """Convert an OBELICS- or MMC4-style file into a manifest at ``dst`` (written atomically).
+                     min_similarity: float | None = None, limit: int | None = None,
+                     video_root: str | os.PathLike | None = None,
+                     audio_root: str | os.PathLike | None = None) -> ImportReport:
+    """Convert an OBELICS-, MMC4-, LLaVA-, ShareGPT- or messages-style file into a manifest at
+    ``dst`` (written atomically). The conversation formats read ``image_root``, ``video_root`` and
+    ``audio_root`` for relative media paths, and keep a record's ``id``.
 
     A document that breaks its format is dropped and counted (``strict=True``: raise
     :class:`anymodal.ManifestError` naming ``src:line`` instead). Media paths in the output are
@@ -272,29 +430,36 @@ def import_documents(src: str | os.PathLike, dst: str | os.PathLike, fmt: str, *
         raise FileNotFoundError(f"input not found: {src}")
     report = ImportReport()
     resolve = _Resolver(image_root, url_map, drop_missing, report, dst.parent)
+    media = _MediaRoots({"image": image_root, "video": video_root, "audio": audio_root}, dst.parent, report)
+    docs = _read_json_array(src) if fmt in CHAT_FORMATS and _starts_with_array(src) else _read_docs(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as out:
-        for line, doc in _read_docs(src):
+        for line, doc in docs:
             if limit is not None and report.docs_read >= limit:
                 break
             report.docs_read += 1
             try:
                 if not isinstance(doc, dict):
                     raise _DocError(f"expected a JSON object, got {type(doc).__name__}")
-                if fmt == "obelics":
+                if fmt in ("llava", "sharegpt"):
+                    rec = sharegpt_to_record(doc, media)
+                elif fmt == "messages":
+                    rec = messages_to_record(doc, media)
+                elif fmt == "obelics":
                     rec = obelics_to_record(doc, resolve)
                 else:
                     rec = mmc4_to_record(doc, resolve, image_position, min_similarity, report)
             except _DocError as e:
+                where = f"record {doc['id']!r}: " if isinstance(doc, dict) and "id" in doc else ""
                 if strict:
-                    raise ManifestError(src, line, str(e)) from None
-                report.drop(f"{src}:{line}", str(e))
+                    raise ManifestError(src, line, where + str(e)) from None
+                report.drop(f"{src}:{line}", where + str(e))
                 continue
             if rec is None:
                 report.drop(f"{src}:{line}", "no text and no image left")
                 continue
-            rec = {"id": f"{src.name}:{line}", **rec}
+            rec = {"id": str(doc["id"]) if fmt in CHAT_FORMATS and "id" in doc else f"{src.name}:{line}", **rec}
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             report.docs_written += 1
     os.replace(tmp, dst)

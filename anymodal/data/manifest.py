@@ -32,15 +32,22 @@ Blank lines, bad JSON, invalid UTF-8, a missing or empty ``segments`` list or a 
 raise :class:`anymodal.ManifestError` naming the file and the line, e.g.
 ``data/train.jsonl:17: 'segments' must be a non-empty list``.
 
-Two readers: :func:`read_manifest` parses a whole file up front (evaluation, small training
-sets: the first bad line is fatal); :class:`ManifestIndex` only records where each line starts
-and parses a line when it is asked for (training on large manifests: a bad line becomes one
-skipped sample, see :mod:`anymodal.train.sources`).
+Two readers: :func:`read_manifest` parses a whole file up front (evaluation: the first bad line
+is fatal by default; training passes ``on_error="keep"``); :class:`ManifestIndex` only records
+where each line starts and parses a line when it is asked for (the packed training path).
+
+In training, a bad line is never fatal: it becomes one skipped sample, counted and logged with
+its file and line like a sample whose media do not decode, on both training paths and with any
+number of loader workers. The same holds for a well-formed record the model cannot take (a
+segment type or ``tokenizer`` the model lacks, a bad option value such as
+``"num_frames": "abc"``): ``skipping sample doc-3 (data/train.jsonl:17): no tokenizer for
+modality 'imus' (model has [...])``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from array import array
 from dataclasses import dataclass, field
@@ -48,6 +55,8 @@ from pathlib import Path
 
 from anymodal.errors import ManifestError
 from anymodal.segments import Segment, segment_from_dict
+
+log = logging.getLogger("anymodal")
 
 
 @dataclass
@@ -57,6 +66,8 @@ class Record:
     task: str = ""
     answer: str | None = None
     choices: list[str] = field(default_factory=list)
+    #: where the record comes from, ``"<manifest path>:<line>"`` (for error messages)
+    source: str = ""
 
     def prompt(self) -> list[Segment]:
         """The segments before the first target (what a model is asked)."""
@@ -121,7 +132,8 @@ def parse_line(line: str, path: str | Path, lineno: int, base_dir: Path) -> Reco
     if not isinstance(choices, list):
         raise ManifestError(path, lineno, "'choices' must be a list")
     return Record(segments=segments, id=str(obj.get("id", f"{Path(path).name}:{lineno}")),
-                  task=str(obj.get("task", "")), answer=obj.get("answer"), choices=[str(c) for c in choices])
+                  task=str(obj.get("task", "")), answer=obj.get("answer"), choices=[str(c) for c in choices],
+                  source=f"{path}:{lineno}")
 
 
 def _decode(raw: bytes, path: Path, lineno: int) -> str:
@@ -132,8 +144,11 @@ def _decode(raw: bytes, path: Path, lineno: int) -> str:
     return text[1:] if lineno == 1 and text.startswith("\ufeff") else text  # a BOM some editors write
 
 
-def read_manifest(path: str | Path, limit: int | None = None) -> list[Record]:
-    """Parse a whole manifest; the first bad line raises :class:`ManifestError`.
+def read_manifest(path: str | Path, limit: int | None = None, on_error: str = "raise") -> list[Record]:
+    """Parse a whole manifest. ``on_error``: ``"raise"`` (default) the first bad line raises
+    :class:`ManifestError`; ``"keep"`` puts the :class:`ManifestError` in the list in place of
+    the record (the training data set turns it into a counted, logged skip); ``"skip"`` logs a
+    warning naming the file and line and leaves the line out.
 
     >>> recs = read_manifest("runs/demo/data/train.jsonl")  # doctest: +SKIP
     >>> recs[0].segments
@@ -145,9 +160,19 @@ def read_manifest(path: str | Path, limit: int | None = None) -> list[Record]:
     lines = path.read_bytes().split(b"\n")
     if lines and lines[-1] == b"":  # the newline that ends the last line
         lines.pop()
+    if on_error not in ("raise", "keep", "skip"):
+        raise ValueError(f"on_error must be 'raise', 'keep' or 'skip', got {on_error!r}")
     out = []
     for i, raw in enumerate(lines, 1):
-        out.append(parse_line(_decode(raw, path, i), path, i, path.parent))
+        try:
+            out.append(parse_line(_decode(raw, path, i), path, i, path.parent))
+        except ManifestError as e:
+            if on_error == "raise":
+                raise
+            if on_error == "keep":
+                out.append(e)
+            else:
+                log.warning("anymodal: skipping manifest line %s", e)
         if limit is not None and len(out) >= limit:
             break
     return out

@@ -13,7 +13,7 @@ import anymodal.evaluate.suite  # noqa: F401  (registers the suite's tasks first
 from anymodal.evaluate.checks import get_check, list_checks, register_check
 from anymodal.evaluate.metrics import (bleu, choice_accuracy, cider_d, exact_match, normalize_answer, parse_yes_no,
                                        pope_scores)
-from anymodal.evaluate.probe import ProbeConfig, write_probe
+from anymodal.data.synthetic.probe import ProbeConfig, write_probe  # the probe's data; its tasks: .probe
 from anymodal.evaluate.qa import evaluate_manifest, evaluate_records
 from anymodal.evaluate.runner import evaluate, evaluate_task, format_table, run_tasks, write_report
 from anymodal.evaluate.tasks import (Example, Task, TaskContext, TaskUnavailable, build_task, list_tasks,

@@ -11,8 +11,9 @@ logs ``eval/<task>`` (the task's headline score: accuracy, F1, CIDEr-D, ...) and
 ``eval/acc_<task>`` (its accuracy, where it has one) for every task that could be built, plus
 ``eval/acc`` (n-weighted over them). The suite is the datamodule's ``root`` unless
 ``data_root`` is given; tasks absent from it are skipped with one log line, not an error.
-It runs on global rank 0 only (generation is not sharded) and logs with ``rank_zero_only``;
-so do not monitor these metrics with a checkpoint callback in a multi-process run.
+In a multi-process run every rank answers its share of the examples and the ranks gather the
+answers (:class:`anymodal.evaluate.runner.Shard`), so the logged numbers equal a one-process
+evaluation on every rank, and a checkpoint callback may monitor them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Sequence
 
 import lightning as L
 
-from anymodal.evaluate.runner import run_tasks
+from anymodal.evaluate.runner import Shard, run_tasks
 from anymodal.evaluate.tasks import TaskContext, resolve_tasks
 
 log = logging.getLogger("anymodal")
@@ -55,7 +56,7 @@ class EvalCallback(L.Callback):
         if trainer.sanity_checking:
             return
         self._validations += 1
-        if (self._validations - 1) % self.every_n or not trainer.is_global_zero:
+        if (self._validations - 1) % self.every_n:
             return
         model = getattr(pl_module, self.model_attr, None)
         if model is None:
@@ -63,14 +64,18 @@ class EvalCallback(L.Callback):
                                  f"holding the AnyModal model")
         root = self.data_root or getattr(getattr(trainer, "datamodule", None), "root", None)
         ctx = TaskContext(data_root=root, split=self.split, limit=self.limit)
-        report = run_tasks(model, self.tasks, ctx, batch_size=self.batch_size)
+        shard = Shard.of_trainer(trainer)
+        report = run_tasks(model, self.tasks, ctx, batch_size=self.batch_size, shard=shard)
         self.last_report = report
+        # the report is already the same on every rank; sync_dist only tells Lightning so
+        # (it averages equal numbers and does not warn about unsynchronised epoch metrics)
         for name, r in report["tasks"].items():
             if r["status"] != "ok":
-                log.info("anymodal: eval task %s skipped (%s: %s)", name, r["status"], r["reason"])
+                if trainer.is_global_zero:
+                    log.info("anymodal: eval task %s skipped (%s: %s)", name, r["status"], r["reason"])
                 continue
-            pl_module.log(f"eval/{name}", float(r["score"]), rank_zero_only=True)
+            pl_module.log(f"eval/{name}", float(r["score"]), sync_dist=True)
             if "accuracy" in r:
-                pl_module.log(f"eval/acc_{name}", float(r["accuracy"]), rank_zero_only=True)
+                pl_module.log(f"eval/acc_{name}", float(r["accuracy"]), sync_dist=True)
         if report["overall"]["n"]:
-            pl_module.log("eval/acc", float(report["overall"]["accuracy"]), prog_bar=True, rank_zero_only=True)
+            pl_module.log("eval/acc", float(report["overall"]["accuracy"]), prog_bar=True, sync_dist=True)

@@ -80,6 +80,19 @@ def uniform_choice_chance(choices: Sequence[Sequence[str]]) -> float:
     return sum(1.0 / len(c) for c in choices) / len(choices)
 
 
+def majority_baseline(answers: Sequence[Sequence[str]]) -> float:
+    """Accuracy of always giving the evaluated set's most common answer (its first gold answer,
+    normalised): the floor a model that ignores the input reaches on an unbalanced set.
+
+    >>> majority_baseline([["red"], ["red"], ["blue"], ["Red."]])
+    0.75
+    """
+    if not answers or any(not a for a in answers):
+        raise ValueError("majority_baseline: every example needs at least one answer")
+    common = Counter(normalize_answer(a[0]) for a in answers).most_common(1)[0][0]
+    return sum(common in {normalize_answer(x) for x in a} for a in answers) / len(answers)
+
+
 # ---- POPE ----------------------------------------------------------------------------------------
 def parse_yes_no(text: str) -> str:
     """POPE's rule: keep the first sentence; "no" if it holds the word "no" or "not", else "yes".

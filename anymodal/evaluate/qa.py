@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from anymodal.evaluate.metrics import normalize_answer
-from anymodal.evaluate.runner import evaluate, format_table
+from anymodal.evaluate.runner import Shard, evaluate, format_table
 from anymodal.evaluate.tasks import tasks_from_records
 
 if TYPE_CHECKING:
@@ -23,15 +23,17 @@ __all__ = ["evaluate_manifest", "evaluate_records", "format_table", "normalize_a
 
 
 def evaluate_records(model: "AnyModal", records: Sequence["Record"], batch_size: int = 32,
-                     progress: bool = False, source: str = "") -> dict:
+                     progress: bool = False, source: str = "", shard: Shard | None = None) -> dict:
     """Score manifest records (those with an ``answer``), one task per ``record.task``.
 
     Returns the runner's report: ``tasks[name]["accuracy"|"chance"|"n"|...]``, ``overall``,
     ``skipped`` and ``examples`` (a few predictions); ``overall["n"] == 0`` when no record has an
     answer (plain documents), so a training run's validation hook does not fail on them.
+    ``shard``: this process's share when several processes evaluate together
+    (:class:`anymodal.evaluate.runner.Shard`); the report is the same on every rank.
     """
     tasks = tasks_from_records(records, source=source)
-    report = evaluate(model, tasks, batch_size=batch_size, progress=progress)  # no tasks: n = 0
+    report = evaluate(model, tasks, batch_size=batch_size, progress=progress, shard=shard)  # no tasks: n = 0
     report["examples"] = [{"task": name, **ex} for name, r in report["tasks"].items()
                           for ex in r.get("examples", [])][:8]
     return report

@@ -1,4 +1,4 @@
-"""Built-in tasks over the synthetic suite (:mod:`anymodal.data.synth`) and generation tasks.
+"""Built-in tasks over the synthetic QA suite (:mod:`anymodal.data.synthetic.qa`) and generation tasks.
 
 Every task the suite generator knows (``image.shape``, ``video.motion``, ``audio.beeps``,
 ``cross.beeps_squares``, ``cross.more_circles``, ...) is registered under the same name, in
@@ -10,17 +10,19 @@ report rather than failing the run. Scored by multiple-choice accuracy (log-like
 of the listed answers, chance = 1/len(choices)) and by exact match of the greedy answer.
 
 Generation tasks (``gen.text_image``, ``gen.text_audio``, ``gen.image_audio``, written by
-:mod:`anymodal.data.synth_gen`) ask for an image or a sound; the decoded output is judged by
-checks (:mod:`anymodal.evaluate.checks`) against the record's ``target`` (colour and shape;
-beep count). They need a model with a discrete image or audio tokenizer; the runner reports
-them as unsupported for other models.
+:mod:`anymodal.data.synthetic.generation`) ask for an image or a sound; the decoded output is
+judged by checks (:mod:`anymodal.evaluate.checks`) against the record's ``target`` (colour,
+shape and position; beep count and pitch pattern), and the generated codes by token accuracy
+against the codes of the reference media. Checks are refused (and the report says why) when the
+output tokenizer has random weights. They need a model with a discrete image or audio
+tokenizer; the runner reports them as unsupported for other models.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-from anymodal.data import synth, synth_gen
+from anymodal.data.synthetic import generation, qa
 from anymodal.evaluate.tasks import Example, Task, TaskContext, TaskUnavailable, register_task
 
 # the suite's group name -> the kind shown in reports when the task is absent (present tasks
@@ -28,12 +30,18 @@ from anymodal.evaluate.tasks import Example, Task, TaskContext, TaskUnavailable,
 _GROUP_KIND = {"image": "image", "video": "video", "audio": "audio", "cross": "cross-modal"}
 
 
-def _suite_task(name: str, ctx: TaskContext) -> Task:
+def _split_manifest(name: str, ctx: TaskContext, what: str):
+    """``<data_root>/<split>.jsonl``, or :class:`TaskUnavailable` saying what is missing."""
     if ctx.data_root is None:
-        raise TaskUnavailable(name, "no synthetic suite given (anymodal eval --data DIR)")
+        raise TaskUnavailable(name, f"no {what} given (anymodal eval --data DIR)")
     path = ctx.data_root / f"{ctx.split}.jsonl"
     if not path.is_file():
         raise TaskUnavailable(name, f"{path} not found")
+    return path
+
+
+def _suite_task(name: str, ctx: TaskContext) -> Task:
+    path = _split_manifest(name, ctx, "synthetic suite")
     examples = []
     for r in ctx.records(path):
         if r.task == name and r.answer is not None:
@@ -44,12 +52,12 @@ def _suite_task(name: str, ctx: TaskContext) -> Task:
         raise TaskUnavailable(name, f"not in {path}")
     mc = all(len(e.choices) >= 2 for e in examples)
     return Task(name, examples, ["choice", "exact_match"] if mc else ["exact_match"], split=ctx.split,
-                description=synth.TASKS[name].question, source=str(path))
+                description=qa.TASKS[name].question, source=str(path))
 
 
 def _register_suite() -> None:
-    group_of = {t: g for g, members in synth.TASK_GROUPS.items() if g != "all" for t in members}
-    for name, spec in synth.TASKS.items():
+    group_of = {t: g for g, members in qa.TASK_GROUPS.items() if g != "all" for t in members}
+    for name, spec in qa.TASKS.items():
         group = group_of.get(name, "")  # cross.same_count is in no group: its kind from its prefix
         kind = _GROUP_KIND.get(group or name.split(".")[0], group)
         register_task(name, kind=kind, description=spec.question,
@@ -61,20 +69,19 @@ _register_suite()
 
 
 # ---- generation tasks ----------------------------------------------------------------------------
-# the suite's media-output tasks (anymodal.data.synth_gen): the prompt asks for an image or a sound
-# and the record's "target" says what it must show; the checks read that back from the output
-_GEN_CHECKS = {"image": ["check:image.colour+image.shape", "check:image.colour", "check:image.shape"],
-               "audio": ["check:audio.beeps"]}
+# the media-output tasks (anymodal.data.synthetic.generation): the prompt asks for an image or a
+# sound and the record's "target" says what it must show; the checks read that back from the
+# output (the first metric scored is the headline: token accuracy when the checks are refused)
+_GEN_METRICS = {"image": ["check:image.colour+image.shape", "check:image.colour", "check:image.shape",
+                          "check:image.position", "token_accuracy"],
+                "audio": ["check:audio.beeps+audio.pitch", "check:audio.beeps", "check:audio.pitch",
+                          "token_accuracy"]}
 
 
 def _gen_task(name: str, ctx: TaskContext) -> Task:
     import json
 
-    if ctx.data_root is None:
-        raise TaskUnavailable(name, "no generation suite given (anymodal eval --data DIR)")
-    path = ctx.data_root / f"{ctx.split}.jsonl"
-    if not path.is_file():
-        raise TaskUnavailable(name, f"{path} not found")
+    path = _split_manifest(name, ctx, "generation suite")
     examples, output = [], None
     lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     for r, line in zip(ctx.records(path), lines):
@@ -82,19 +89,19 @@ def _gen_task(name: str, ctx: TaskContext) -> Task:
             continue
         target = next(s for s in r.segments if s.role == "target")
         output = target.modality
-        examples.append(Example(r.id, r.prompt(), meta=dict(line.get("target", {}))))
+        examples.append(Example(r.id, r.prompt(), meta=dict(line.get("target", {})), target=target))
         if ctx.limit is not None and len(examples) >= ctx.limit:
             break
     if not examples:
         raise TaskUnavailable(name, f"not in {path}")
-    if output not in _GEN_CHECKS:
+    if output not in _GEN_METRICS:
         raise TaskUnavailable(name, f"no check reads {output!r} outputs")
-    return Task(name, examples, _GEN_CHECKS[output], split=ctx.split, output=output, source=str(path))
+    return Task(name, examples, _GEN_METRICS[output], split=ctx.split, output=output, source=str(path))
 
 
 _GEN = (("gen.text_image", "text→image", 0.25 / 3, "'a red circle at the top left' -> image (colour, shape read back)"),
-        ("gen.text_audio", "text→audio", 0.25, "'three beeps, rising' -> sound (beeps counted)"),
-        ("gen.image_audio", "image→audio", 0.25, "'one beep per square' + squares -> sound (beeps counted)"))
+        ("gen.text_audio", "text→audio", 0.25 / 3, "'three beeps, rising' -> sound (beeps counted, pitch read)"),
+        ("gen.image_audio", "image→audio", 0.25 / 3, "'one beep per square' + squares -> sound (beeps counted)"))
 for _name, _kind, _chance, _what in _GEN:
-    assert _name in synth_gen.GEN_TASKS, _name  # the generator and this list move together
+    assert _name in generation.GEN_TASKS, _name  # the generator and this list move together
     register_task(_name, kind=_kind, chance=_chance, groups=("gen",), description=_what)(partial(_gen_task, _name))

@@ -23,8 +23,9 @@ A :class:`Task` is a named list of :class:`Example` objects plus the metrics tha
 
 Metrics (:data:`METRICS`): ``choice`` (multiple-choice accuracy by log-likelihood ranking of the
 choices), ``exact_match`` (greedy generation, normalised), ``pope`` (yes/no: precision, recall,
-F1, yes-ratio), ``bleu`` and ``cider`` (captions, several references), and ``check:<name>`` (a
-generated image or sound judged by a registered check, :mod:`anymodal.evaluate.checks`).
+F1, yes-ratio), ``bleu`` and ``cider`` (captions, several references), and for generated media
+``check:<name>`` (an image or sound judged by a registered check) and ``token_accuracy`` (its
+codes against the reference's), both in :mod:`anymodal.evaluate.checks`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from typing import Callable, Iterable, Sequence
 from anymodal.segments import Segment
 
 TEXT_METRICS = ("choice", "exact_match", "pope", "bleu", "cider")
-METRICS = TEXT_METRICS + ("check:<name>",)
+MEDIA_METRICS = ("token_accuracy", "check:<name>")  # generated media (anymodal.evaluate.checks)
+METRICS = TEXT_METRICS + MEDIA_METRICS
 
 
 class TaskUnavailable(Exception):
@@ -53,13 +55,15 @@ class TaskUnavailable(Exception):
 @dataclass
 class Example:
     """One question. ``answers``: the references (any one is right); ``choices``: the closed
-    answer set when there is one; ``meta``: facts a generation check needs (``{"colour": "red"}``)."""
+    answer set when there is one; ``meta``: facts a generation check needs (``{"colour": "red"}``);
+    ``target``: the reference media of a generation task (what ``token_accuracy`` compares with)."""
 
     id: str
     prompt: list[Segment]
     answers: list[str] = field(default_factory=list)
     choices: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    target: Segment | None = None
 
 
 def prompt_kind(segments: Sequence[Segment]) -> str:
@@ -99,7 +103,7 @@ class Task:
         if not self.metrics:
             raise ValueError(f"task {self.name!r}: no metric")
         for m in self.metrics:
-            if m not in TEXT_METRICS and not m.startswith("check:"):
+            if m not in TEXT_METRICS and m != "token_accuracy" and not m.startswith("check:"):
                 raise ValueError(f"task {self.name!r}: unknown metric {m!r}; known: {list(METRICS)}")
         if not self.examples:
             raise ValueError(f"task {self.name!r}: no examples")
@@ -116,9 +120,11 @@ class Task:
             if "pope" in self.metrics and any(a not in ("yes", "no") for a in ex.answers):
                 raise ValueError(f"task {self.name!r}: example {ex.id!r}: a 'pope' answer must be 'yes' or "
                                  f"'no', got {ex.answers}")
-        checks = [m for m in self.metrics if m.startswith("check:")]
-        if checks and self.output == "text":
-            raise ValueError(f"task {self.name!r}: check metrics {checks} need output='image' or 'audio'")
+        media = [m for m in self.metrics if m.startswith("check:") or m == "token_accuracy"]
+        if media and self.output == "text":
+            raise ValueError(f"task {self.name!r}: media metrics {media} need output='image' or 'audio'")
+        if "token_accuracy" in self.metrics and any(ex.target is None for ex in self.examples):
+            raise ValueError(f"task {self.name!r}: 'token_accuracy' needs every example's target media")
         if not self.kind:
             self.kind = Counter(prompt_kind(ex.prompt) for ex in self.examples).most_common(1)[0][0]
             if self.output != "text":

@@ -26,7 +26,6 @@ the header before decoding). ``isolate=True`` decodes in a worker process
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from anymodal.errors import MediaError
+from anymodal.media._common import native_file, open_av, source_name
 from anymodal.media.limits import DEFAULT_LIMITS, MediaLimits
 from anymodal.media.safe import check_source, read_head, safe_decode, short_reason
 
@@ -69,20 +69,6 @@ def expected_samples(info: AudioInfo, sample_rate: int) -> int:
     """Length of the signal after resampling to ``sample_rate``: ``ceil(n * new / old)``, the
     length :func:`torchaudio.functional.resample` returns."""
     return -(-info.num_samples * sample_rate // info.sample_rate)
-
-
-def _name(source: Any, name: str | None) -> str:
-    if name:
-        return name
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    return f"<{type(source).__name__}>"
-
-
-def _file(source: Any):
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return io.BytesIO(bytes(source))
-    return str(source)
 
 
 MAX_SAMPLE_RATE = 768_000
@@ -126,23 +112,14 @@ def _info_soundfile(source: Any, name: str) -> AudioInfo:
     import soundfile as sf
 
     try:
-        i = sf.info(_file(source))
+        i = sf.info(native_file(source))
     except Exception as e:  # noqa: BLE001 - LibsndfileError, RuntimeError, ...
         raise MediaError(name, f"soundfile cannot read it ({short_reason(e)})") from None
     return AudioInfo(int(i.samplerate), int(i.frames), int(i.channels), float(i.duration), True, i.format)
 
 
-def _open_av(source: Any, name: str):
-    import av
-
-    try:
-        return av.open(_file(source), mode="r", metadata_errors="ignore")
-    except Exception as e:  # noqa: BLE001
-        raise MediaError(name, f"not a readable audio container ({short_reason(e)})") from None
-
-
 def _info_pyav(source: Any, name: str) -> AudioInfo:
-    container = _open_av(source, name)
+    container = open_av(source, name, "audio")
     try:
         fmt = container.format.name
         if not set(fmt.split(",")) & AUDIO_FORMATS:
@@ -202,7 +179,7 @@ def audio_info(
     >>> audio_info("beep.wav")  # doctest: +SKIP
     AudioInfo(sample_rate=16000, num_samples=16000, channels=1, duration=1.0, exact=True, format='WAV')
     """
-    name = _name(source, name)
+    name = source_name(source, name)
     if isinstance(source, torch.Tensor):
         wave = _check_tensor(source, name, source_rate)
         info = AudioInfo(int(source_rate), wave.shape[1], wave.shape[0], wave.shape[1] / source_rate, True, "tensor")
@@ -232,7 +209,7 @@ def _decode_soundfile(source: Any, name: str) -> np.ndarray:
     import soundfile as sf
 
     try:
-        data, _ = sf.read(_file(source), dtype="float32", always_2d=True)  # (samples, channels)
+        data, _ = sf.read(native_file(source), dtype="float32", always_2d=True)  # (samples, channels)
     except Exception as e:  # noqa: BLE001
         raise MediaError(name, f"cannot decode audio with soundfile ({short_reason(e)})") from None
     return np.ascontiguousarray(data.T)
@@ -241,7 +218,7 @@ def _decode_soundfile(source: Any, name: str) -> np.ndarray:
 def _decode_pyav(source: Any, name: str) -> np.ndarray:
     import av
 
-    container = _open_av(source, name)
+    container = open_av(source, name, "audio")
     try:
         s = container.streams.audio[0]
         # One resampler to planar float, keeping rate and channels: sample formats differ per
@@ -288,7 +265,7 @@ def read_audio(
     timeout: float = 60.0,
 ) -> tuple[torch.Tensor, int]:
     """Decode a path or bytes as it is: ``((channels, samples) float32, sample_rate)``."""
-    name = _name(source, name)
+    name = source_name(source, name)
     if isolate:
         data, info = safe_decode(_decode, source, name, limits, name=name, timeout=timeout)
     else:
@@ -333,7 +310,7 @@ def load_audio(
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
-    name = _name(source, name)
+    name = source_name(source, name)
     if isinstance(source, torch.Tensor):
         wave = _check_tensor(source, name, source_rate)
         _check_limits(AudioInfo(int(source_rate), wave.shape[1], wave.shape[0], wave.shape[1] / source_rate), name,

@@ -9,15 +9,18 @@ decoding); :func:`read_frames` decodes just those indices; :func:`load_video` do
     frames = load_video("clip.mp4", fps=2.0)               # 2 frames per second of video
     info = video_info("clip.mp4")                          # VideoInfo(num_frames=16, fps=8.0, ...)
 
-Backends (``backend=``): ``"decord"`` (default: ships its own FFmpeg, ``get_batch`` seeks to
-the keyframe before each wanted frame), ``"pyav"`` (fallback; we seek with a keyframe index and
-convert to RGB only the wanted frames) and ``"torchcodec"`` (only when it imports, i.e. a
-system FFmpeg is present). ``"auto"`` tries the importable ones in that order and falls back to
-the next when one fails on a file: decord 0.6 fails on some frame widths (24 or 48 pixels:
-"DECORDArrayCopyFromTo: The size must exactly match"; it hands out 4 bytes per pixel there),
-which PyAV decodes fine. Naming a backend disables the fallback. The header
-is read with PyAV when it is installed, whatever the decoding backend: it is a header read,
-while decord's constructor scans every packet.
+Backends (``backend=``, :data:`VIDEO_BACKENDS`): ``"decord"`` (default: ships its own FFmpeg,
+``get_batch`` seeks to the keyframe before each wanted frame), ``"pyav"`` (fallback; we seek with
+a keyframe index and convert to RGB only the wanted frames) and ``"torchcodec"`` (needs FFmpeg's
+libraries on the system). A backend counts as available only when it decodes a 2-frame test clip
+here (:func:`video_backend_problem`, probed once per process): TorchCodec imports fine without
+FFmpeg and fails only at its first decode. ``ANYMODAL_VIDEO_BACKENDS=decord,pyav`` restricts the
+set (CI tests the world without TorchCodec that way). ``"auto"`` tries the working ones in that
+order and falls back to the next when one fails on a file: decord 0.6 fails on some frame widths
+(16, 24 or 48 pixels: "DECORDArrayCopyFromTo: The size must exactly match"; it hands out 4 bytes
+per pixel there), which PyAV decodes fine. Naming a backend disables the fallback. The header is
+read with PyAV when it is installed, whatever the decoding backend: it is a header read, while
+decord's constructor scans every packet.
 
 Inter-frame codecs (H.264, MPEG-4, VP9) cannot decode frame *i* without the frames since the
 previous keyframe, so "only the sampled frames" means: only the groups of pictures that hold a
@@ -33,8 +36,9 @@ the caller: use it for data you did not produce.
 
 from __future__ import annotations
 
+import base64
 import bisect
-import io
+import importlib
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -45,10 +49,11 @@ import numpy as np
 import torch
 
 from anymodal.errors import MediaError
+from anymodal.media._common import native_file, open_av, source_name
 from anymodal.media.limits import DEFAULT_LIMITS, MediaLimits
 from anymodal.media.safe import check_source, safe_decode, short_reason
 
-BACKENDS = ("decord", "pyav", "torchcodec")
+VIDEO_BACKENDS = ("decord", "pyav", "torchcodec")
 SAMPLING = ("uniform", "random")
 #: PyAV/FFmpeg demuxer names accepted as video containers (FFmpeg reports aliases joined by ",",
 #: e.g. "mov,mp4,m4a,3gp,3g2,mj2"). Image demuxers (png_pipe, image2, ...) are not here: a
@@ -80,64 +85,140 @@ class VideoInfo:
 # helpers
 
 
+#: where to get each backend (doctor and the errors say it)
+VIDEO_BACKEND_HINTS = {
+    "decord": "pip install 'anymodal[video]' (decord bundles its own FFmpeg)",
+    "pyav": "pip install 'anymodal[video]' (PyAV bundles its own FFmpeg)",
+    "torchcodec": "pip install 'anymodal[video]' and install FFmpeg's libraries (apt-get install ffmpeg)",
+}
+#: environment variable restricting the video backends, e.g. ``decord,pyav`` (CI uses it to test a
+#: machine without TorchCodec on one that has it); unset: every backend that works here
+VIDEO_BACKENDS_ENV = "ANYMODAL_VIDEO_BACKENDS"
+
+# A 2-frame 32x32 H.264 MP4 (frame 0 dark grey, level 40; frame 1 light grey, level 200), written
+# once with PyAV's libx264. Probing decodes frame 1 of it: importing a backend proves little
+# (TorchCodec imports fine and then fails to load its FFmpeg libraries at the first decode).
+_PROBE_CLIP = base64.b64decode(
+    "AAAAIGZ0eXBpc29tAAACAGlzb21pc28yYXZjMW1wNDEAAAAIZnJlZQAAAnNtZGF0AAACRQYF//9B3EXpvebZSLeWLNgg2SPu73gy"
+    "NjQgLSBjb3JlIDE2NSAtIEguMjY0L01QRUctNCBBVkMgY29kZWMgLSBDb3B5bGVmdCAyMDAzLTIwMjUgLSBodHRwOi8vd3d3LnZp"
+    "ZGVvbGFuLm9yZy94MjY0Lmh0bWwgLSBvcHRpb25zOiBjYWJhYz0wIHJlZj0xIGRlYmxvY2s9MDowOjAgYW5hbHlzZT0wOjAgbWU9"
+    "ZGlhIHN1Ym1lPTAgcHN5PTEgcHN5X3JkPTEuMDA6MC4wMCBtaXhlZF9yZWY9MCBtZV9yYW5nZT0xNiBjaHJvbWFfbWU9MSB0cmVs"
+    "bGlzPTAgOHg4ZGN0PTAgY3FtPTAgZGVhZHpvbmU9MjEsMTEgZmFzdF9wc2tpcD0xIGNocm9tYV9xcF9vZmZzZXQ9MCB0aHJlYWRz"
+    "PTEgbG9va2FoZWFkX3RocmVhZHM9MSBzbGljZWRfdGhyZWFkcz0wIG5yPTAgZGVjaW1hdGU9MSBpbnRlcmxhY2VkPTAgYmx1cmF5"
+    "X2NvbXBhdD0wIGNvbnN0cmFpbmVkX2ludHJhPTAgYmZyYW1lcz0wIHdlaWdodHA9MCBrZXlpbnQ9MjUwIGtleWludF9taW49MSBz"
+    "Y2VuZWN1dD0wIGludHJhX3JlZnJlc2g9MCByYz1jcmYgbWJ0cmVlPTAgY3JmPTMwLjAgcWNvbXA9MC42MCBxcG1pbj0wIHFwbWF4"
+    "PTY5IHFwc3RlcD00IGlwX3JhdGlvPTEuNDAgYXE9MACAAAAADGWIhDomKAAISMnXXgAAAA5BmiATqJxQABM0xPn8/gAAAxltb292"
+    "AAAAbG12aGQAAAAAAAAAAAAAAAAAAAPoAAAH0AABAAABAAAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAA"
+    "AEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAACAAACQ3RyYWsAAABcdGtoZAAAAAMAAAAAAAAAAAAAAAEAAAAAAAAH0AAA"
+    "AAAAAAAAAAAAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAEAAAAAAIAAAACAAAAAAACRlZHRzAAAAHGVsc3QA"
+    "AAAAAAAAAQAAB9AAAAAAAAEAAAAAAbttZGlhAAAAIG1kaGQAAAAAAAAAAAAAAAAAAEAAAACAAFXEAAAAAAAtaGRscgAAAAAAAAAA"
+    "dmlkZQAAAAAAAAAAAAAAAFZpZGVvSGFuZGxlcgAAAAFmbWluZgAAABR2bWhkAAAAAQAAAAAAAAAAAAAAJGRpbmYAAAAcZHJlZgAA"
+    "AAAAAAABAAAADHVybCAAAAABAAABJnN0YmwAAACmc3RzZAAAAAAAAAABAAAAlmF2YzEAAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAA"
+    "IAAgAEgAAABIAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAY//8AAAAsYXZjQwFCwAr/4QAVZ0LACtol"
+    "oQAAAwABAAADAAKPEiagAQAEaM4EcgAAABRidHJ0AAAAAAAACawAAAAAAAAAGHN0dHMAAAAAAAAAAQAAAAIAAEAAAAAAFHN0c3MA"
+    "AAAAAAAAAQAAAAEAAAAcc3RzYwAAAAAAAAABAAAAAQAAAAIAAAABAAAAHHN0c3oAAAAAAAAAAAAAAAIAAAJZAAAAEgAAABRzdGNv"
+    "AAAAAAAAAAEAAAAwAAAAYnVkdGEAAABabWV0YQAAAAAAAAAhaGRscgAAAAAAAAAAbWRpcmFwcGwAAAAAAAAAAAAAAAAtaWxzdAAA"
+    "ACWpdG9vAAAAHWRhdGEAAAABAAAAAExhdmY2Mi4xMi4xMDI="
+)
+
+
+def _allowed_by_env() -> tuple[list[str], str | None]:
+    """(backends the environment allows, the variable's text or None when unset)."""
+    raw = os.environ.get(VIDEO_BACKENDS_ENV, "").strip()
+    if not raw:
+        return list(VIDEO_BACKENDS), None
+    names = [b.strip() for b in raw.split(",") if b.strip()]
+    unknown = [b for b in names if b not in VIDEO_BACKENDS]
+    if unknown:
+        raise ValueError(f"{VIDEO_BACKENDS_ENV}={raw!r} names unknown video backends {unknown}; "
+                         f"choose from {VIDEO_BACKENDS}")
+    return names, raw
+
+
 @lru_cache(maxsize=None)
-def _importable(backend: str) -> bool:
+def video_backend_problem(backend: str) -> str | None:
+    """``None`` when ``backend`` decodes video here, else the reason in one line. Probed once per
+    process (cached): the backend must import *and* decode a 2-frame test clip to the right pixels.
+
+    >>> video_backend_problem("pyav") is None  # doctest: +SKIP
+    True
+    >>> video_backend_problem("torchcodec")  # doctest: +SKIP
+    'cannot decode a test clip (Could not load libtorchcodec: libavutil.so.61: cannot open shared object file: ...)'
+    """
+    if backend not in VIDEO_BACKENDS:
+        return f"unknown video backend {backend!r}; choose from {VIDEO_BACKENDS}"
+    allowed, raw = _allowed_by_env()
+    if backend not in allowed:
+        return f"disabled by {VIDEO_BACKENDS_ENV}={raw}"
+    module = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders"}[backend]
     try:
-        if backend == "decord":
-            import decord  # noqa: F401
-        elif backend == "pyav":
-            import av  # noqa: F401
-        elif backend == "torchcodec":
-            # raises RuntimeError/OSError (not ImportError) when no system FFmpeg libraries load
-            import torchcodec.decoders  # noqa: F401
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - ImportError, or RuntimeError/OSError from native libraries
+        return f"cannot import {module} ({short_reason(e)})"
+    reader = {"decord": _read_decord, "torchcodec": _read_torchcodec}.get(backend)
+    try:
+        if reader is None:
+            got, _ = _read_pyav(_PROBE_CLIP, [1], "<test clip>", 1, {})
         else:
-            return False
-    except Exception:  # noqa: BLE001 - any failure to load means "not available"
-        return False
-    return True
+            got, _ = reader(_PROBE_CLIP, [1], 1, {})
+        frame = np.asarray(got[1])[None]
+    except Exception as e:  # noqa: BLE001 - a probe never raises: the reason is the answer
+        return f"cannot decode a test clip ({_load_failure(e)})"
+    level = float(frame.mean())
+    if frame.shape != (1, 32, 32, 3) or abs(level - 200) > 8:
+        return f"decodes a test clip wrongly (shape {frame.shape}, mean level {level:.0f}, expected 200)"
+    return None
 
 
-def available_backends() -> list[str]:
-    """Video backends that import here, in preference order (subset of :data:`BACKENDS`)."""
-    return [b for b in BACKENDS if _importable(b)]
+def _load_failure(e: BaseException) -> str:
+    """One line from a native library's failure. TorchCodec's message is a page of tracebacks,
+    one per FFmpeg version, ending in "[end of ... traceback]": its first line and the first
+    missing shared library say it all."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return short_reason(e)
+    missing = next((ln for ln in lines if "cannot open shared object file" in ln), None)
+    first = lines[0].split(". ")[0].rstrip(".:")  # "Could not load libtorchcodec. Likely causes:"
+    return f"{first}: {missing.split(': ', 1)[-1]}" if missing else short_reason(RuntimeError(first))
 
 
-def resolve_backend(backend: str = "auto") -> str:
-    """``"auto"`` -> the first available backend; otherwise check that ``backend`` is usable."""
+def available_video_backends() -> list[str]:
+    """Video backends that decode here (probed once per process), in preference order
+    (a subset of :data:`VIDEO_BACKENDS`).
+
+    >>> available_video_backends()  # doctest: +SKIP
+    ['decord', 'pyav']
+    """
+    return [b for b in VIDEO_BACKENDS if video_backend_problem(b) is None]
+
+
+def resolve_video_backend(backend: str = "auto") -> str:
+    """``"auto"`` -> the first working backend; otherwise check that ``backend`` works here.
+
+    >>> resolve_video_backend("auto")  # doctest: +SKIP
+    'decord'
+    """
     if backend == "auto":
-        avail = available_backends()
+        avail = available_video_backends()
         if not avail:
-            raise ImportError("no video backend installed: pip install 'anymodal[video]' (decord, av)")
+            reasons = "; ".join(f"{b}: {video_backend_problem(b)}" for b in VIDEO_BACKENDS)
+            raise ImportError(f"no video backend works here ({reasons}); {VIDEO_BACKEND_HINTS['decord']}")
         return avail[0]
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose from {('auto',) + BACKENDS}")
-    if not _importable(backend):
-        hint = " (needs FFmpeg libraries on the system)" if backend == "torchcodec" else ""
-        raise ImportError(f"video backend {backend!r} is not available{hint}; available: {available_backends()}")
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose from {('auto',) + VIDEO_BACKENDS}")
+    why = video_backend_problem(backend)
+    if why is not None:
+        raise ImportError(f"video backend {backend!r} is not available: {why}; to get it: "
+                          f"{VIDEO_BACKEND_HINTS[backend]}; available: {available_video_backends()}")
     return backend
 
 
-def backend_chain(backend: str = "auto") -> list[str]:
-    """Backends to try in order: every available one for ``"auto"``, else just ``backend``."""
+def video_backend_chain(backend: str = "auto") -> list[str]:
+    """Backends to try in order: every working one for ``"auto"``, else just ``backend``."""
     if backend == "auto":
-        resolve_backend("auto")  # raises ImportError when none is installed
-        return available_backends()
-    return [resolve_backend(backend)]
-
-
-def _name(source: Any, name: str | None) -> str:
-    if name:
-        return name
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    return f"<{type(source).__name__}>"
-
-
-def _file(source: Any):
-    """What the native libraries open: a path string, or a file object over bytes."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return io.BytesIO(bytes(source))
-    return str(source)
+        resolve_video_backend("auto")  # raises ImportError when none works
+        return available_video_backends()
+    return [resolve_video_backend(backend)]
 
 
 def _check_tensor(frames: torch.Tensor, name: str, limits: MediaLimits) -> torch.Tensor:
@@ -168,17 +249,8 @@ def _check_info(info: VideoInfo, name: str, limits: MediaLimits) -> VideoInfo:
 # header
 
 
-def _open_av(source: Any, name: str):
-    import av
-
-    try:
-        return av.open(_file(source), mode="r", metadata_errors="ignore")
-    except Exception as e:  # noqa: BLE001 - FFmpeg's InvalidDataError, EOFError, OSError, ...
-        raise MediaError(name, f"not a readable video container ({short_reason(e)})") from None
-
-
 def _probe_pyav(source: Any, name: str) -> VideoInfo:
-    container = _open_av(source, name)
+    container = open_av(source, name, "video")
     try:
         fmt = container.format.name
         if not set(fmt.split(",")) & VIDEO_FORMATS:
@@ -215,7 +287,7 @@ def _probe_decord(source: Any, name: str) -> VideoInfo:
     import decord
 
     try:
-        vr = decord.VideoReader(_file(source), ctx=decord.cpu(0), num_threads=1)
+        vr = decord.VideoReader(native_file(source), ctx=decord.cpu(0), num_threads=1)
         n, fps = len(vr), float(vr.get_avg_fps())
         # decord exposes no frame size without decoding: decode frame 0 (PyAV, when present,
         # reads it from the header instead).
@@ -264,15 +336,15 @@ def video_info(
     >>> video_info("clip.mp4")  # doctest: +SKIP
     VideoInfo(num_frames=16, fps=8.0, height=32, width=32, duration=2.0, exact=True, format='mov,mp4,...')
     """
-    name = _name(source, name)
+    name = source_name(source, name)
     if isinstance(source, torch.Tensor):
         t, _, h, w = _check_tensor(source, name, limits).shape
         fps = float(video_fps or 0.0)
         return _check_info(VideoInfo(t, fps, h, w, t / fps if fps else 0.0, True, "tensor"), name, limits)
     if backend == "auto":
-        backend = "pyav" if _importable("pyav") else resolve_backend("auto")
+        backend = "pyav" if video_backend_problem("pyav") is None else resolve_video_backend("auto")
     else:
-        backend = resolve_backend(backend)
+        backend = resolve_video_backend(backend)
     if isolate:
         return safe_decode(_probe, source, name, limits, backend, name=name, timeout=timeout)
     return _probe(source, name, limits, backend)
@@ -336,7 +408,7 @@ def sample_indices(
 def _read_decord(source: Any, wanted: list[int], threads: int, stats: dict) -> tuple[dict, int]:
     import decord
 
-    vr = decord.VideoReader(_file(source), ctx=decord.cpu(0), num_threads=threads)
+    vr = decord.VideoReader(native_file(source), ctx=decord.cpu(0), num_threads=threads)
     n = len(vr)
     ok = [i for i in wanted if i < n]
     arr = vr.get_batch(ok).asnumpy() if ok else np.empty((0,))
@@ -354,7 +426,7 @@ def _keyframes(container, stream, start: int, pts_per_frame: Fraction) -> list[i
 
 
 def _read_pyav(source: Any, wanted: list[int], name: str, threads: int, stats: dict) -> tuple[dict, int]:
-    container = _open_av(source, name)
+    container = open_av(source, name, "video")
     try:
         s = container.streams.video[0]
         s.thread_type = "AUTO"
@@ -435,7 +507,7 @@ def _read(source: Any, indices: list[int], name: str, backend: str, info: VideoI
     except MediaError:
         raise
     except Exception as e:  # noqa: BLE001 - every decoder failure names the input
-        raise MediaError(name, f"cannot decode frames with {backend} ({short_reason(e)})") from None
+        raise MediaError(name, f"cannot decode frames with {backend} ({_load_failure(e)})") from None
     missing = [i for i in wanted if i not in got]
     if missing:
         # A frame count estimated from duration x fps (no count in the header) may overshoot by
@@ -482,12 +554,12 @@ def read_frames(
     choose. ``stats``, if a dict, receives ``decoded`` (PyAV: frames the codec decoded) and
     ``converted`` (frames converted to RGB).
     """
-    name = _name(source, name)
+    name = source_name(source, name)
     if not indices:
         raise ValueError("read_frames needs at least one index")
     if min(indices) < 0:
         raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
-    return _read_chain(source, list(indices), name, backend_chain(backend), info, threads, stats)
+    return _read_chain(source, list(indices), name, video_backend_chain(backend), info, threads, stats)
 
 
 def load_video(
@@ -519,8 +591,8 @@ def load_video(
     >>> load_video("clip.mp4", num_frames=8).shape  # doctest: +SKIP
     torch.Size([8, 3, 32, 32])
     """
-    name = _name(source, name)
-    backends = backend_chain(backend) if not isinstance(source, torch.Tensor) else []
+    name = source_name(source, name)
+    backends = video_backend_chain(backend) if not isinstance(source, torch.Tensor) else []
     if info is None:
         info = video_info(source, name, limits=limits, video_fps=video_fps, isolate=isolate, timeout=timeout)
     try:

@@ -455,8 +455,42 @@ BACKENDS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sdpa_attentio
                                  "flex": flex_attention, "xformers": xformers_attention}
 
 
+@functools.cache
+def _cuda_kernel_problem(name: str) -> str | None:
+    """Run a CUDA kernel once on tiny tensors (cached per process): ``None`` when it works, else
+    why not. An import proves little: xformers imports and then lacks kernels for this torch,
+    FlexAttention needs Triton to compile on a GPU, varlen needs FlashAttention's varlen kernel."""
+    q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        if name == "xformers":
+            xops = _xformers_ops()
+            xops.memory_efficient_attention(*(t.transpose(1, 2) for t in (q, q, q)))
+        elif name == "flex":
+            import triton  # noqa: F401 - FlexAttention compiles its GPU kernels with Triton
+        elif name == "varlen":
+            from torch.nn.attention.varlen import varlen_attn
+
+            flat = q.transpose(1, 2).reshape(16, 2, 64)
+            cu = torch.tensor([0, 16], device="cuda", dtype=torch.int32)
+            varlen_attn(flat, flat, flat, cu, cu, 16, 16)
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - a probe reports, it does not raise
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    return None
+
+
+def varlen_kernel_problem(device: torch.device | str = "cuda") -> str | None:
+    """``None`` when ``varlen`` can use FlashAttention's varlen kernel on ``device`` (CUDA,
+    fp16/bf16, no padding at all), else why it uses padded SDPA buckets there (still correct)."""
+    if torch.device(device).type != "cuda":
+        return "FlashAttention's varlen kernel is CUDA only: varlen batches padded SDPA calls here"
+    return _cuda_kernel_problem("varlen")
+
+
 def backend_support(name: str, device: torch.device | str = "cpu", training: bool = True) -> str | None:
-    """``None`` when backend ``name`` can run on ``device`` in this mode, else the reason it cannot."""
+    """``None`` when backend ``name`` can run on ``device`` in this mode, else the reason it cannot.
+    On CUDA, ``flex`` and ``xformers`` are probed by a tiny run (once per process)."""
     dev = torch.device(device).type
     if name not in BACKENDS:
         return f"attention backend {name!r} is unknown; backends: {sorted(BACKENDS)} or 'auto'"
@@ -468,6 +502,10 @@ def backend_support(name: str, device: torch.device | str = "cpu", training: boo
         if dev == "cpu" and training:
             return ("attention backend 'flex' cannot train on CPU: FlexAttention has no CPU backward pass; "
                     "use 'varlen' or 'sdpa' for training there ('flex' still serves inference)")
+        if dev == "cuda":
+            why = _cuda_kernel_problem("flex")
+            if why is not None:
+                return f"attention backend 'flex' cannot compile on CUDA here ({why}); use 'varlen' or 'sdpa'"
     if name == "xformers":
         if dev != "cuda":
             return f"attention backend 'xformers' has CUDA kernels only (device {dev!r}); use 'varlen' or 'sdpa'"
@@ -475,6 +513,9 @@ def backend_support(name: str, device: torch.device | str = "cpu", training: boo
             _xformers_ops()
         except RuntimeError as e:
             return str(e)
+        why = _cuda_kernel_problem("xformers")
+        if why is not None:
+            return f"attention backend 'xformers' cannot run its kernel here ({why}); use 'varlen' or 'sdpa'"
     return None
 
 

@@ -31,6 +31,11 @@ class ModelConfig:
       "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}`` (Llama 3.1).
     - ``projectors``: continuous tokenizer name -> ``"linear"`` (default, Fuyu) or ``"mlp2"``
       (Linear-GELU-Linear, LLaVA-1.5) for the input projection of its vectors.
+    - ``max_seq_len``: the longest stream (prompt + generated tokens) the model serves; generation
+      caps ``max_new_tokens`` by it and refuses a longer prompt, so one request's memory is bounded.
+    - ``chat_template``: conversation turns (:mod:`anymodal.chat`): ``None`` (off; the vocabulary is
+      unchanged), ``"default"`` (role tokens added to the vocabulary), or a Hugging Face chat LM's
+      text markers, ``"chatml"`` (Qwen2) or ``"llama3"`` (:data:`anymodal.stream.CHAT_TEMPLATES`).
     """
 
     dim: int = 256
@@ -52,6 +57,8 @@ class ModelConfig:
     rope_scaling: dict[str, float | str] | None = None
     projectors: dict[str, str] = field(default_factory=dict)
     init_std: float = 0.02
+    max_seq_len: int = 4096
+    chat_template: str | None = None
     vocab_size: int = 0
     continuous_inputs: dict[str, int] = field(default_factory=dict)
 
@@ -76,6 +83,8 @@ class ModelConfig:
         if sum(self.mrope_sections) != self.head_dim // 2 or len(self.mrope_sections) != 3:
             raise ValueError(f"mrope_sections {self.mrope_sections} must be 3 numbers summing to "
                              f"head_dim/2 = {self.head_dim // 2}")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be an int >= 2 (prompt + generated tokens), got {self.max_seq_len!r}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
         self.mrope_sections = list(self.mrope_sections)

@@ -1,9 +1,9 @@
-"""Stage-1 (alignment) data: the synthetic captions (:mod:`anymodal.data.synth_caption`) as a
+"""Stage-1 (alignment) data: the synthetic captions (:mod:`anymodal.data.synthetic.captions`) as a
 LightningDataModule, so ``recipes/stage1-align.yaml`` writes its own data like the demo does."""
 
 from __future__ import annotations
 
-from anymodal.data.synth_caption import FOLDER, CaptionConfig, synthesize_captions
+from anymodal.data.synthetic.captions import FOLDER, CaptionConfig, synthesize_captions
 from anymodal.train.data import AnyModalDataModule
 
 

@@ -16,12 +16,16 @@ Codebook k owns its own id sub-range ``[k * 1024, (k + 1) * 1024)`` (the ``delay
 ``n_q * 1024``), so ``vocab_size = n_q * 1024`` (+1 for ``delay``); generation restricts each
 slot to its codebook's range (:meth:`EncodecAudioTokenizer.allowed_range`).
 
-Weights: ``checkpoint`` = the official ``encodec_24khz-d7cc33bc.th`` state dict (read with
-``torch.load(weights_only=True)``), or ``path`` = a folder holding ``encodec.safetensors`` (what
-a model export writes). Neither: a ``seed``-ed random init whose codebooks are drawn around the
+Weights (nothing is ever downloaded): ``checkpoint`` = the official ``encodec_24khz-d7cc33bc.th``
+state dict (read with ``torch.load(weights_only=True)``), or ``path`` = a folder holding
+``encodec.safetensors`` (what a model export writes). Neither: the official file from the
+``encodec`` package's own cache (``torch.hub.get_dir()/checkpoints``, filled by
+``EncodecModel.encodec_model_24khz()``) when it is there; else refused with the way to get it,
+unless ``random_init=True``: a ``seed``-ed random init whose codebooks are drawn around the
 encoder's output on a fixed probe signal (the package's own init is all zeros until k-means
 runs on training data, which would map every input to code 0). Random codes are still a
-deterministic function of the waveform, so a model can learn them; the decoded sound is noise.
+deterministic function of the waveform, so a model can learn them; the decoded sound is noise
+(``pretrained`` is False, and checks that judge decoded audio refuse to score it).
 
 ``seconds``: pad (with silence) or cut every input to this length, which fixes the number of
 codes (``fixed_length``) and their ``(t, 1, n_q)`` grid, so generation knows where a span ends
@@ -46,6 +50,9 @@ from anymodal.tokenizers.registry import register_tokenizer
 
 SAMPLE_RATE = 24_000
 STATE_FILE = "encodec.safetensors"
+#: the official 24 kHz weights, as the encodec package names, downloads and caches them
+OFFICIAL_FILE = "encodec_24khz-d7cc33bc.th"
+OFFICIAL_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + OFFICIAL_FILE
 LAYOUTS = ("flatten", "delay")
 _CACHE_SIZE = 256
 
@@ -113,8 +120,9 @@ class EncodecAudioTokenizer(ModalityTokenizer):
     """EnCodec 24 kHz codes as ids. ``encode`` -> TokenBlock; ``decode`` -> (1, samples) waveform.
 
     Options: ``bandwidth`` (kbps: 1.5, 3, 6, 12, 24), ``layout`` (``flatten`` | ``delay``),
-    ``seconds`` (fixed input length), ``checkpoint`` / ``path`` (weights), ``seed`` (random
-    init), ``cfg_dropout`` (conditioning dropout for classifier-free guidance, see
+    ``seconds`` (fixed input length), ``checkpoint`` / ``path`` (weights; neither: the encodec
+    package's cached official file), ``random_init`` and ``seed`` (random weights, asked for),
+    ``cfg_dropout`` (conditioning dropout for classifier-free guidance, see
     :class:`anymodal.stream.StreamBuilder`), ``max_seconds`` (longest accepted input).
     """
 
@@ -123,8 +131,8 @@ class EncodecAudioTokenizer(ModalityTokenizer):
     bidirectional = False
 
     def __init__(self, checkpoint: str | None = None, path: str | None = None, bandwidth: float = 1.5,
-                 layout: str = "flatten", seconds: float | None = None, seed: int = 0, cfg_dropout: float = 0.0,
-                 max_seconds: float = 60.0):
+                 layout: str = "flatten", seconds: float | None = None, random_init: bool = False, seed: int = 0,
+                 cfg_dropout: float = 0.0, max_seconds: float = 60.0):
         try:
             from encodec import EncodecModel
         except ImportError as e:
@@ -141,7 +149,18 @@ class EncodecAudioTokenizer(ModalityTokenizer):
         if float(bandwidth) not in model.target_bandwidths:
             raise ValueError(f"audio.encodec: bandwidth must be one of {model.target_bandwidths} kbps, got {bandwidth}")
         model.set_target_bandwidth(float(bandwidth))
+        if (checkpoint or path) and random_init:
+            raise ValueError("audio.encodec: give checkpoint=<file> (or path=<export folder>) or random_init=True, "
+                             "not both")
         file = Path(path) / STATE_FILE if path else (Path(checkpoint) if checkpoint else None)
+        if file is None and not random_init:
+            file = official_weights()
+            if file is None:
+                raise ValueError(f"audio.encodec needs the official 24 kHz weights: checkpoint=<{OFFICIAL_FILE}> "
+                                 f"(download {OFFICIAL_URL}, or cache it once with python -c 'from encodec import "
+                                 f"EncodecModel; EncodecModel.encodec_model_24khz()', which puts it in "
+                                 f"{_hub_checkpoints()}); random_init=True builds seeded random weights "
+                                 "(tests; decodes to noise)")
         if file is not None:
             model.load_state_dict(_read_state(file))
         else:
@@ -257,9 +276,25 @@ class EncodecAudioTokenizer(ModalityTokenizer):
         return {STATE_FILE: save({k: v.detach().contiguous() for k, v in self.model.state_dict().items()})}
 
 
+def _hub_checkpoints() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def official_weights() -> Path | None:
+    """The official 24 kHz weights in the encodec package's cache (torch hub), or None.
+
+    >>> official_weights()  # doctest: +SKIP
+    PosixPath('/root/.cache/torch/hub/checkpoints/encodec_24khz-d7cc33bc.th')
+    """
+    file = _hub_checkpoints() / OFFICIAL_FILE
+    return file if file.is_file() else None
+
+
 def _read_state(file: Path) -> dict:
     if not file.is_file():
-        raise FileNotFoundError(f"audio.encodec: checkpoint not found: {file}")
+        raise FileNotFoundError(f"audio.encodec: checkpoint not found: {file} (the official weights: {OFFICIAL_URL})")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 

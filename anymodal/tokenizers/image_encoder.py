@@ -31,7 +31,8 @@ Backbones (``backbone``):
 
 ``path``: a folder written by a model export (``model.safetensors``, ``encoder.json``), which
 wins over ``weights``. Neither: refused, unless ``random_init=True`` (a ``seed``-ed random
-backbone, for tests: the same seed gives the same features).
+backbone, for tests: the same seed gives the same features; ``pretrained`` is then False, also
+after an export carried those weights). The same rule holds for ``image.fsq`` and ``audio.encodec``.
 
     tok = am.create_tokenizer("image.encoder", arch="vit_b_16", weights="vit_b_16-c867db91.pth")
     tok = am.create_tokenizer("image.encoder", backbone="hf", weights="clip-vit-large-patch14")
@@ -128,6 +129,10 @@ class ImageEncoderTokenizer(ModalityTokenizer):
                  mean: list[float] | None = None, std: list[float] | None = None, max_pixels: int = 4096 * 4096):
         if backbone not in BACKBONES:
             raise ValueError(f"image.encoder: backbone must be one of {BACKBONES}, got {backbone!r}")
+        if weights and random_init and not path:
+            raise ValueError("image.encoder: give weights=<file> or random_init=True, not both")
+        # an export of a random backbone keeps random_init=True in its options: still not pretrained
+        self.pretrained = not random_init
         self.backbone, self.layer = backbone, int(layer)
         self.limits = MediaLimits(max_pixels=max_pixels)
         shape = dict(patch_size=patch_size, num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,

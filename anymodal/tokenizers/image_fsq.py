@@ -15,9 +15,11 @@ code of a span may see a later one during training either.
 Weights: ``checkpoint`` names a Lightning ``.ckpt`` written by ``anymodal fit --config
 recipes/image-fsq.yaml`` (read with ``torch.load(weights_only=True)``) or an
 ``fsq.safetensors`` file; ``path`` names a folder holding ``fsq.safetensors`` (what a model
-export writes, see :meth:`FSQImageTokenizer.state_files`). Neither: seeded random init (tests).
+export writes, see :meth:`FSQImageTokenizer.state_files`). Neither: refused, unless
+``random_init=True`` asks for a ``seed``-ed random autoencoder (tests; its decoded images are
+noise, so checks that judge decoded media refuse to score it: ``pretrained`` is False).
 
-    tok = am.create_tokenizer("image.fsq", checkpoint="runs/fsq/checkpoints/last.ckpt")
+    tok = am.create_tokenizer("image.fsq", checkpoint="runs/image-fsq/checkpoints/last.ckpt")
     block = tok.encode(am.Image("a.png"))       # 64 ids on a (1, 8, 8) grid
     tok.make_segment(tok.decode(block.ids)).save("recon.png")
 """
@@ -187,7 +189,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _read_state(file: Path) -> tuple[dict, dict]:
     """(config dict, autoencoder state dict) from a Lightning .ckpt or an fsq.safetensors file."""
     if not file.is_file():
-        raise FileNotFoundError(f"image.fsq: checkpoint not found: {file}")
+        raise FileNotFoundError(f"image.fsq: checkpoint not found: {file} (train one: anymodal fit --config "
+                                "recipes/image-fsq.yaml)")
     if file.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -214,10 +217,10 @@ def _read_state(file: Path) -> tuple[dict, dict]:
 class FSQImageTokenizer(ModalityTokenizer):
     """Discrete image codes (``vocab_size = prod(levels)``) on a fixed ``(1, g, g)`` grid.
 
-    Options: ``checkpoint`` (file) or ``path`` (export folder) for trained weights, else a
-    ``seed``-ed random init; ``image_size``, ``levels``, ``channels``, ``downsample`` and
-    ``res_blocks`` shape a fresh autoencoder and, when weights are given, must agree with them
-    (leave them out to take the checkpoint's). ``cfg_dropout``: with this probability a
+    Options: ``checkpoint`` (file) or ``path`` (export folder) for trained weights, or
+    ``random_init=True`` for a ``seed``-ed random init (nothing else is accepted); ``image_size``,
+    ``levels``, ``channels``, ``downsample`` and ``res_blocks`` shape a fresh autoencoder and,
+    when weights are given, must agree with them (leave them out to take the checkpoint's). ``cfg_dropout``: with this probability a
     training sample whose target is an image of this tokenizer loses its conditioning (see
     :class:`anymodal.stream.StreamBuilder`), so classifier-free guidance has an unconditional
     branch to use at generation.
@@ -229,10 +232,18 @@ class FSQImageTokenizer(ModalityTokenizer):
 
     def __init__(self, checkpoint: str | None = None, path: str | None = None, image_size: int | None = None,
                  levels: list[int] | None = None, channels: int | None = None, downsample: int | None = None,
-                 res_blocks: int | None = None, seed: int = 0, cfg_dropout: float = 0.0,
+                 res_blocks: int | None = None, random_init: bool = False, seed: int = 0, cfg_dropout: float = 0.0,
                  max_pixels: int = 4096 * 4096):
         given = {k: v for k, v in dict(image_size=image_size, levels=levels, channels=channels,
                                        downsample=downsample, res_blocks=res_blocks).items() if v is not None}
+        if checkpoint and random_init and not path:
+            raise ValueError("image.fsq: give checkpoint=<file> or random_init=True, not both")
+        if not (checkpoint or path or random_init):
+            raise ValueError("image.fsq needs trained weights: checkpoint=<runs/image-fsq/checkpoints/last.ckpt, "
+                             "written by `anymodal fit --config recipes/image-fsq.yaml`> or path=<export folder>; "
+                             "random_init=True builds a seeded random autoencoder (tests; decodes to noise)")
+        # path (an export's copy) wins over checkpoint: it travels with the model. An export of a
+        # random init keeps random_init=True in its options, so it stays marked as not pretrained.
         file = Path(path) / STATE_FILE if path else (Path(checkpoint) if checkpoint else None)
         state = None
         if file is not None:  # an export folder's copy wins: it travels with the model
@@ -255,7 +266,7 @@ class FSQImageTokenizer(ModalityTokenizer):
             if missing or unexpected:
                 raise ValueError(f"image.fsq: {file} does not fit the autoencoder (missing {missing[:3]}, "
                                  f"unexpected {unexpected[:3]})")
-        self.pretrained = state is not None
+        self.pretrained = state is not None and not random_init
         self.autoencoder.requires_grad_(False)
         self.vocab_size = self.autoencoder.quantizer.codebook_size
         g = cfg.grid

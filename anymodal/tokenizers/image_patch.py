@@ -42,12 +42,6 @@ def patchify(image: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(1, 3, 0, 2, 4).reshape((h // patch) * (w // patch), c * patch * patch)
 
 
-def unpatchify(patches: torch.Tensor, rows: int, cols: int, patch: int, channels: int = 3) -> torch.Tensor:
-    """Inverse of :func:`patchify`."""
-    x = patches.reshape(rows, cols, channels, patch, patch)
-    return x.permute(2, 0, 3, 1, 4).reshape(channels, rows * patch, cols * patch)
-
-
 class ImagePatchTokenizer(ModalityTokenizer):
     """Continuous image patches. ``input_dim = 3 * patch_size**2``; pixels normalised to [-1, 1]."""
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from anymodal.errors import MediaError
 from anymodal.media.limits import MediaLimits
-from anymodal.media.video import BACKENDS, SAMPLING, VideoInfo, load_video, sample_indices, video_info
+from anymodal.media.video import SAMPLING, VIDEO_BACKENDS, VideoInfo, load_video, sample_indices, video_info
 from anymodal.segments import Segment
 from anymodal.tokenizers.base import ModalityTokenizer, TokenBlock
 from anymodal.tokenizers.image_patch import patch_grid
@@ -103,8 +103,8 @@ class VideoTubeletTokenizer(ModalityTokenizer):
             raise ValueError("video.tubelet: num_frames and fps must be > 0")
         if sampling not in SAMPLING:
             raise ValueError(f"video.tubelet: sampling must be one of {SAMPLING}, got {sampling!r}")
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"video.tubelet: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        if backend != "auto" and backend not in VIDEO_BACKENDS:
+            raise ValueError(f"video.tubelet: backend must be 'auto' or one of {VIDEO_BACKENDS}, got {backend!r}")
         self.patch_size, self.tubelet, self.max_tokens = patch_size, tubelet, max_tokens
         self.num_frames = DEFAULT_NUM_FRAMES if num_frames is None and fps is None else num_frames
         self.fps = fps

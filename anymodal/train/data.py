@@ -1,6 +1,8 @@
 """LightningDataModule over JSONL manifests (the synthetic suite is one) and tar shards, packing
-samples into fixed-length rows. A sample whose media fail to decode, whose record is malformed,
-or that is longer than a row, is skipped and counted (``Batch.skipped``), never fatal.
+samples into fixed-length rows. A sample whose media fail to decode, whose manifest line is not
+JSON or not a valid record, whose segment type, tokenizer or option the model cannot take, or
+that is longer than a row, is skipped, counted (``Batch.skipped``) and logged with its manifest
+file and line, never fatal (both paths, any number of workers).
 
 Two training paths (see :mod:`anymodal.train.sources`): map-style (``batch_size`` samples per
 step from the ``train`` manifest) and packed mixture (``sources`` with weights and/or
@@ -15,14 +17,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from anymodal.data.manifest import Record, read_manifest
-from anymodal.data.synth import SynthConfig, synthesize
-from anymodal.errors import MediaError
+from anymodal.data.synthetic import SynthConfig, synthesize
+from anymodal.errors import ManifestError
 from anymodal.packing import Batch, pack
 from anymodal.stream import StreamBuilder
-from anymodal.train.sources import PackedMixture, ResumableSampler, Skipped, Source, StatefulLoader, stable_seed
+from anymodal.train.sources import (RECORD_ERRORS, PackedMixture, ResumableSampler, Skipped, Source, StatefulLoader,
+                                    record_error_message, stable_seed)
 
 log = logging.getLogger("anymodal")
 
@@ -47,15 +50,21 @@ class StreamDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i):
+        if i == NO_SAMPLE:  # an empty slot of EvenShardSampler: nothing to build, nothing skipped
+            return None
         if i in self._cache:
             return self._cache[i]
         rec = self.records[i]
         self.builder.rng.seed(stable_seed(self.seed, "sample", i))
-        try:
-            s = self.builder.build(rec.segments)
-            item = s if len(s) <= self.max_len else Skipped(rec.id, f"{len(s)} tokens > seq_len {self.max_len}")
-        except MediaError as e:
-            item = Skipped(rec.id, str(e))
+        if isinstance(rec, ManifestError):  # a bad manifest line, kept in place by read_manifest(on_error="keep")
+            item = Skipped(f"{rec.path}:{rec.line}", rec.reason)
+        else:
+            sid = f"{rec.id} ({rec.source})" if rec.source and rec.id != Path(rec.source).name else rec.id
+            try:
+                s = self.builder.build(rec.segments)
+                item = s if len(s) <= self.max_len else Skipped(sid, f"{len(s)} tokens > seq_len {self.max_len}")
+            except RECORD_ERRORS as e:
+                item = Skipped(sid, record_error_message(e))
         if isinstance(item, Skipped):
             log.warning("anymodal: skipping sample %s: %s", item.sample_id, item.reason)
         if self.cache:
@@ -63,11 +72,29 @@ class StreamDataset(Dataset):
         return item
 
 
+NO_SAMPLE = -1  # the index of an empty slot
+
+
+class EvenShardSampler(DistributedSampler):
+    """Rank ``r`` of ``w`` takes samples ``r, r + w, r + 2w, ...`` (in order), and pads its shard
+    with empty slots (:data:`NO_SAMPLE`) to ``ceil(n / w)``: every sample is seen exactly once
+    over the ranks (PyTorch's sampler pads with repeats, which validation would count twice),
+    and every rank runs the same number of batches (FSDP's forward is a collective)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        mine = list(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(mine + [NO_SAMPLE] * (self.num_samples - len(mine)))
+
+
 class PackCollate:
     def __init__(self, seq_len: int, pad_id: int):
         self.seq_len, self.pad_id = seq_len, pad_id
 
     def __call__(self, items) -> Batch:
+        items = [x for x in items if x is not None]  # EvenShardSampler's empty slots
         streams = [x for x in items if not isinstance(x, Skipped)]
         skipped = len(items) - len(streams)
         if not streams:
@@ -156,11 +183,12 @@ class AnyModalDataModule(L.LightningDataModule):
                                            seed, self._rank, self._world)
             self.train_set.check_readers(self.num_workers)
         else:
-            self.train_set = StreamDataset(read_manifest(self._path(self.train_path)), self.builder, self.seq_len,
-                                           self.cache, seed)
+            # a bad line stays in place as an error: skipped and counted when drawn, like the packed path
+            self.train_set = StreamDataset(read_manifest(self._path(self.train_path), on_error="keep"), self.builder,
+                                           self.seq_len, self.cache, seed)
         self.val_set = None
         if self.val_path:
-            recs = read_manifest(self._path(self.val_path), limit=self.val_limit)
+            recs = read_manifest(self._path(self.val_path), limit=self.val_limit, on_error="skip")
             self.val_set = StreamDataset(recs, self.builder, self.seq_len, self.cache)
 
     def val_records(self) -> list[Record]:
@@ -192,4 +220,13 @@ class AnyModalDataModule(L.LightningDataModule):
         return batch
 
     def val_dataloader(self):
-        return self._loader(self.val_set, False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        if self._world == 1:
+            return self._loader(self.val_set, False)
+        # each validation sample on exactly one rank (Lightning's default sampler would pad the
+        # last shard with repeats, counted twice in val/loss), the same number of batches on each
+        sampler = EvenShardSampler(self.val_set, num_replicas=self._world, rank=self._rank)
+        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=PackCollate(self.seq_len, self.builder.vocab.pad),
+                          persistent_workers=self.num_workers > 0)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from anymodal.data.manifest import read_manifest
-from anymodal.data.synth_gen import GenConfig, synthesize_gen
+from anymodal.data.synthetic import GenConfig, synthesize_gen
 from anymodal.media import load_image
 from anymodal.tokenizers.image_fsq import FSQAutoencoder, FSQConfig, psnr
 

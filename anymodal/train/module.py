@@ -3,8 +3,9 @@
 Logged: ``train/loss`` and ``train/loss_<tokenizer>`` (loss on the labels of each modality;
 markers and ``<eos>`` under ``special``), ``train/tokens_per_s`` (non-padding tokens),
 ``train/skipped`` (samples the loader dropped, cumulative, all ranks), ``train/nonfinite_skipped``
-(steps skipped for a NaN/inf loss), ``val/loss`` and, when ``val_generate > 0``, ``val/acc`` and
-``val/acc_<task>`` from answering validation questions.
+(steps skipped for a NaN/inf loss), ``val/loss``, ``val/loss_<tokenizer>``, ``val/skipped`` and
+``val/tokens_per_s`` and, when ``val_generate > 0``, ``val/acc`` and ``val/acc_<task>`` from
+answering validation questions. Token rates and counts are over all ranks.
 
 Distributed training (DDP, FSDP) keeps every rank in lock step: each step all-reduces one small
 vector (summed token loss, token weight, non-finite flag, skipped samples), so that
@@ -16,6 +17,13 @@ vector (summed token loss, token weight, non-finite flag, skipped samples), so t
   backward, so the gradient all-reduce (DDP) and the parameter all-gathers (FSDP) never wait for it;
 - a NaN/inf loss on any rank is seen by all of them: ``nonfinite="stop"`` raises
   :class:`NonFiniteLossError` on every rank; ``"skip"`` drops that step's update on every rank.
+
+Validation equals one process too: each rank sums loss numerators and denominators (per
+modality, skipped samples, tokens) over its share of the validation set (each sample on one
+rank: :class:`anymodal.train.data.EvenShardSampler`), the ranks all-reduce the sums once at the
+end, and the logged means are ratios of global sums, not means of per-rank means. ``val/acc``
+shares the questions out over the ranks and gathers the answers
+(:class:`anymodal.evaluate.runner.Shard`).
 """
 
 from __future__ import annotations
@@ -110,6 +118,8 @@ class AnyModalModule(L.LightningModule):
         self._skip_update = False
         self._touched = False  # this step added `_touch` (DDP): drop the gradients no rank made
         self._t_last: float | None = None
+        self._val_sums: torch.Tensor | None = None  # see _val_sums_of
+        self._val_t0 = 0.0
 
     # ---- the step -------------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -160,10 +170,10 @@ class AnyModalModule(L.LightningModule):
         finite = bool(torch.isfinite(loss.detach()))
         # what every rank must agree on, in one all-reduce (nothing to reduce on one device)
         stats = torch.tensor([float(loss.detach()) * max(den, 1.0) if finite else 0.0, den, float(not finite),
-                              float(batch.skipped)], dtype=torch.float64)
+                              float(batch.skipped), float(batch.num_real_tokens if B else 0)], dtype=torch.float64)
         if world > 1:
             stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum").cpu()
-        g_sum, g_den, g_bad, g_skipped = stats.tolist()
+        g_sum, g_den, g_bad, g_skipped, g_tokens = stats.tolist()
         self.skipped_total += int(g_skipped)
         self.log("train/skipped", float(self.skipped_total), on_step=True, batch_size=1)
         self._skip_update = False
@@ -202,30 +212,83 @@ class AnyModalModule(L.LightningModule):
         self.log("train/loss", shown, prog_bar=True, batch_size=B)
         now = time.perf_counter()
         if self._t_last is not None:
-            self.log("train/tokens_per_s", batch.num_real_tokens / max(now - self._t_last, 1e-9), prog_bar=True,
-                     batch_size=B)
+            # all ranks' tokens: the run's throughput, not one rank's share of it
+            self.log("train/tokens_per_s", g_tokens / max(now - self._t_last, 1e-9), prog_bar=True, batch_size=B)
         self._t_last = now
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    # ---- validation: sums over the epoch, all-reduced once, then logged as global ratios ---------
+    # layout of the float64 sums vector: weighted loss, weight, z-loss numerator, labels, skipped
+    # samples, real tokens, then (loss sum, labels) per modality name
+    _VAL_FIXED = 6
+
+    def _val_sums_of(self, batch) -> torch.Tensor:
+        sums = torch.zeros(self._VAL_FIXED + 2 * len(self._modality_names), dtype=torch.float64)
+        sums[4] = batch.skipped
         if batch.ids.shape[0] == 0:
-            return None
-        loss = self._loss(batch, "val")
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch.ids.shape[0])
-        return loss
+            if self.trainer.world_size > 1:  # FSDP: the other ranks' forward all-gathers wait for this one
+                self._zero_step()
+            return sums
+        logits = self.net(batch)  # (B, T, V)
+        _, per_tok = lm_loss(logits, batch.labels, batch.loss_weight)  # per_tok: (B, T), 0 where unlabelled
+        has = batch.labels != IGNORE
+        w = has.float() * batch.loss_weight.float()
+        sums[0], sums[1] = (per_tok * w).sum().double(), w.sum().double()
+        if self.net.config.z_loss:  # as lm_loss: mean of logsumexp^2 over the labelled tokens
+            sums[2] = ((torch.logsumexp(logits.float(), -1) ** 2) * has).sum().double()
+        sums[3], sums[5] = has.sum(), batch.num_real_tokens
+        label_mod = torch.roll(batch.modality, -1, dims=1)  # a label's modality is that of the next position
+        for k in range(len(self._modality_names)):
+            sel = has & (label_mod == k)
+            sums[self._VAL_FIXED + 2 * k] = per_tok[sel].sum().double()
+            sums[self._VAL_FIXED + 2 * k + 1] = sel.sum()
+        return sums
+
+    def on_validation_epoch_start(self):
+        self._val_sums = None
+        self._val_t0 = time.perf_counter()
+
+    def validation_step(self, batch, batch_idx):
+        sums = self._val_sums_of(batch)
+        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+        return None
+
+    def _log_val_sums(self):
+        sums = self._val_sums if self._val_sums is not None else torch.zeros(
+            self._VAL_FIXED + 2 * len(self._modality_names), dtype=torch.float64)  # a rank without batches
+        if self.trainer.world_size > 1:  # every rank gets here, batches or not: one all-reduce
+            sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()
+        self._val_sums = None
+        seconds = time.perf_counter() - self._val_t0
+        # the values are equal on every rank now; sync_dist only tells Lightning so (it averages
+        # equal numbers, and does not warn about an epoch metric left unsynchronised)
+        kw = dict(sync_dist=True, batch_size=1)
+        self.log("val/skipped", float(sums[4]), **kw)
+        if sums[1] > 0:
+            loss = sums[0] / sums[1] + (self.net.config.z_loss * sums[2] / sums[3].clamp(min=1.0))
+            self.log("val/loss", float(loss), prog_bar=True, **kw)
+            self.log("val/tokens_per_s", float(sums[5]) / max(seconds, 1e-9), **kw)
+        for k, name in enumerate(self._modality_names):
+            total, n = sums[self._VAL_FIXED + 2 * k], sums[self._VAL_FIXED + 2 * k + 1]
+            if n > 0:
+                self.log(f"val/loss_{name}", float(total / n), **kw)
 
     def on_validation_epoch_end(self):
+        self._log_val_sums()
         n = self.hparams["val_generate"]
         dm = getattr(self.trainer, "datamodule", None)
         if not n or self.trainer.sanity_checking or dm is None or not hasattr(dm, "val_records"):
             return
         from anymodal.evaluate import evaluate_records
+        from anymodal.evaluate.runner import Shard
 
-        report = evaluate_records(self.net, dm.val_records()[:n])
-        self.log("val/acc", report["overall"]["accuracy"], prog_bar=True, rank_zero_only=True)
+        # each rank answers its share of the first n questions; the report is the same on every rank
+        shard = Shard.of_trainer(self.trainer)
+        report = evaluate_records(self.net, dm.val_records()[:n], shard=shard)
+        self.log("val/acc", report["overall"]["accuracy"], prog_bar=True, sync_dist=True)
         for task, t in report["tasks"].items():
             if "accuracy" in t:  # a task whose examples all failed to decode has none
-                self.log(f"val/acc_{task}", t["accuracy"], rank_zero_only=True)
+                self.log(f"val/acc_{task}", t["accuracy"], sync_dist=True)
 
     def on_before_optimizer_step(self, optimizer):
         if self._skip_update:  # params without a gradient are left alone by the optimizer (and its moments)
@@ -245,11 +308,12 @@ class AnyModalModule(L.LightningModule):
         self._touched = False
 
     def on_train_end(self):
+        if not self.trainer.is_global_zero:  # the counters are already summed over ranks and loader workers
+            return
         if self.skipped_total:
             log.warning("anymodal: %d training samples were skipped (see the warnings above)", self.skipped_total)
-        if self.trainer.is_global_zero:
-            extra = f"; non-finite steps skipped: {self.nonfinite_total}" if self.nonfinite_total else ""
-            print(f"anymodal: training done; skipped samples: {self.skipped_total}{extra}")
+        extra = f"; non-finite steps skipped: {self.nonfinite_total}" if self.nonfinite_total else ""
+        print(f"anymodal: training done; skipped samples: {self.skipped_total}{extra}")
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):

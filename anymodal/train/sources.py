@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, ge
 
 from anymodal.data.manifest import ManifestIndex, Record
 from anymodal.data.shards import ShardFile, list_shards
-from anymodal.errors import ManifestError, MediaError
+from anymodal.errors import ManifestError
 from anymodal.packing import Batch, collate_rows
 from anymodal.stream import StreamBuilder
 
@@ -116,6 +116,18 @@ def stable_seed(*parts: Any) -> int:
 
 def _perm(n: int, *parts: Any) -> np.ndarray:
     return np.random.default_rng(stable_seed(*parts)).permutation(n)
+
+
+#: what building one record's stream may raise for a bad record: media that do not decode
+#: (MediaError), a bad manifest line (ManifestError), a segment type or tokenizer the model lacks
+#: (KeyError), an option value a tokenizer or decoder refuses (ValueError, TypeError). Training
+#: skips such a record and counts it; it never ends the run.
+RECORD_ERRORS = (ValueError, KeyError, TypeError)
+
+
+def record_error_message(e: BaseException) -> str:
+    """The one-line reason for a skipped record (a KeyError's message without its quotes)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
 class Skipped:
@@ -273,8 +285,8 @@ class PackedMixture(IterableDataset):
             self.builder.rng.seed(seed)
             try:
                 s = self.builder.build(rec.segments)
-            except (MediaError, ManifestError) as e:
-                return Skipped(sid, str(e))
+            except RECORD_ERRORS as e:
+                return Skipped(sid, record_error_message(e))
         if len(s) > self.seq_len:
             return Skipped(sid, f"{len(s)} tokens > seq_len {self.seq_len}")
         return s
@@ -290,6 +302,9 @@ class PackedMixture(IterableDataset):
         state = {"k": int(state["k"]), "cursors": [list(c) for c in state["cursors"]]}
         pad = self.builder.vocab.pad
         streams, rows, free, skipped = [], [], [], 0
+        # skipping is per record; a source where nothing is usable (every line bad, a wrong model)
+        # must not spin forever without a batch
+        in_a_row, limit = 0, 1000 + 10 * sum(len(d) for _, d in self._data)
         while True:
             before = {"k": state["k"], "cursors": [list(c) for c in state["cursors"]]}
             src = self._choose(g, state["k"])
@@ -299,7 +314,12 @@ class PackedMixture(IterableDataset):
             if isinstance(item, Skipped):
                 log.warning("anymodal: skipping sample %s: %s", item.sample_id, item.reason)
                 skipped += 1
+                in_a_row += 1
+                if in_a_row > limit:
+                    raise RuntimeError(f"no usable sample in {in_a_row} draws from {[s.name for s in self.sources]}; "
+                                       f"the last: {item.sample_id}: {item.reason}")
                 continue
+            in_a_row = 0
             n = len(item)
             r = next((j for j, f in enumerate(free) if f >= n), None)
             if r is None and len(rows) == self.rows:

@@ -22,6 +22,18 @@ import torch.nn.functional as F
 from anymodal import MediaError, ModalityTokenizer, TokenBlock
 
 
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    # np.load reads a file without the .npy magic as a pickle and, with allow_pickle=False, says
+    # "pickled data": check the header first, so a garbage file is called what it is
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise MediaError(name, "not a NumPy .npy file (no \\x93NUMPY header); save depth maps with np.save")
+    arr = np.load(path, allow_pickle=False)
+    if arr.dtype.kind not in "fiu":
+        raise MediaError(name, f"depth map must hold numbers (metres), got dtype {arr.dtype}")
+    return arr
+
+
 def load_depth(source, name: str) -> torch.Tensor:
     """(H, W) float32 metres from a .npy / 16-bit PNG path, an array or a tensor."""
     if isinstance(source, (str, os.PathLike)):
@@ -32,12 +44,14 @@ def load_depth(source, name: str) -> torch.Tensor:
             raise MediaError(name, "empty file (0 bytes)")
         try:
             if p.suffix == ".npy":
-                arr = np.load(p, allow_pickle=False)
+                arr = _load_npy(p, name)
             else:
                 from PIL import Image
 
                 with Image.open(p) as im:
                     arr = np.asarray(im, dtype=np.float32) / 1000.0  # millimetres -> metres
+        except MediaError:
+            raise
         except Exception as e:  # noqa: BLE001 - any reader failure names the file
             raise MediaError(name, f"cannot read depth map ({e})") from None
     else:

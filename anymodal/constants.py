@@ -1,0 +1,10 @@
+"""Constants shared by the stream, the packer, the model's loss and evaluation.
+
+A module of its own, importing nothing, so that the model (``anymodal.model``) and the stream
+(``anymodal.stream``) can share them without the model importing the stream and, through it,
+the tokenizer registry.
+"""
+
+#: the label of a position that is not trained on (no next token, a prompt token, padding);
+#: -100 is ``torch.nn.functional.cross_entropy``'s default ``ignore_index``
+IGNORE = -100

@@ -1,0 +1,129 @@
+"""Chat template (role tokens), assistant-only loss, and a conversation that keeps its KV cache."""
+
+import pytest
+import torch
+
+import anymodal as am
+from anymodal.api import AnyModal
+from anymodal.chat import Conversation, messages_to_segments
+from anymodal.model import ModelConfig
+from anymodal.segments import Turn
+from anymodal.stream import IGNORE
+
+TOKS = ["text.bytes", {"name": "image.patch", "patch_size": 16}]
+
+
+def tiny(chat_template="default", seed=0):
+    torch.manual_seed(seed)
+    return AnyModal(TOKS, ModelConfig(dim=32, n_layers=2, n_heads=2, chat_template=chat_template)).eval()
+
+
+def names(model, ids):
+    v = model.vocab
+    return [chr(i) if i < 256 else v.token_name(i) for i in ids]
+
+
+def test_label_mask_is_on_every_assistant_turn_token_by_token():
+    model = tiny()
+    img = torch.rand(3, 16, 16)  # one 16x16 patch
+    record = [Turn("user"), am.Image(img), am.Text("a?"), Turn("assistant"), am.Text("x", role="target"),
+              Turn("user"), am.Text("b?"), am.Image(img), Turn("assistant"), am.Text("y", role="target"),
+              Turn("user"), am.Text("c?"), Turn("assistant"), am.Text("z", role="target")]
+    s = model.builder.build(record)
+    got = list(zip(names(model, s.ids.tolist()),
+                   [None if t == IGNORE else names(model, [t])[0] for t in s.labels.tolist()]))
+    A, E = "<turn:assistant>", "</turn:assistant>"
+    assert got == [
+        ("<bos>", None), ("<turn:user>", None), ("<begin:image.patch>", None), ("<pad>", None),
+        ("<end:image.patch>", None), ("a", None), ("?", None), ("</turn:user>", None),
+        (A, "x"), ("x", E), (E, None),                       # turn 1: the answer and its end
+        ("<turn:user>", None), ("b", None), ("?", None), ("<begin:image.patch>", None), ("<pad>", None),
+        ("<end:image.patch>", None), ("</turn:user>", None),
+        (A, "y"), ("y", E), (E, None),                       # turn 2
+        ("<turn:user>", None), ("c", None), ("?", None), ("</turn:user>", None),
+        (A, "z"), ("z", E), (E, "<eos>"), ("<eos>", None)]   # turn 3, then the end of the sample
+    assert model.builder.num_tokens(record) == len(s)
+
+
+def test_role_tokens_are_opt_in_and_declared_once():
+    off, on = tiny(None), tiny("default")
+    # off: the vocabulary (and so every export and recipe) is exactly as before
+    assert "turn_begin" not in off.vocab.to_dict() and off.vocab.size == 261
+    assert on.vocab.size == off.vocab.size + 6  # begin and end of system, user, assistant, appended last
+    assert {k: v for k, v in on.vocab.to_dict().items() if k in off.vocab.to_dict() and k != "size"} == \
+        {k: v for k, v in off.vocab.to_dict().items() if k != "size"}
+    with pytest.raises(ValueError, match="model.arch.chat_template"):
+        off.builder.build([Turn("user"), "hi"])
+    with pytest.raises(ValueError, match="chat_template='chatgpt' is unknown"):
+        tiny("chatgpt")
+    # an HF chat LM's text markers: no new ids, the text tokenizer writes them
+    chatml = tiny("chatml")
+    assert chatml.vocab.size == off.vocab.size
+    s = chatml.builder.build(messages_to_segments([{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "yo"}]))
+    text = bytes(i for i in s.ids.tolist() if i < 256).decode()
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
+    trained = bytes(t for t in s.labels.tolist() if 0 <= t < 256).decode()
+    assert trained == "yo<|im_end|>\n"  # the loss: the reply and the marker that ends it, nothing else
+
+
+def test_export_keeps_the_chat_template(tmp_path):
+    model = tiny()
+    back = AnyModal.load(model.export(tmp_path / "m"))
+    assert back.vocab.to_dict() == model.vocab.to_dict() and back.config.chat_template == "default"
+
+
+def test_kept_cache_gives_the_same_tokens_as_reencoding_and_runs_fewer_tokens():
+    model = tiny()
+    img = torch.rand(3, 16, 16)
+    sys = [{"role": "system", "content": "be brief"}]
+    convs = {use: Conversation(model, sys, use_cache=use) for use in (True, False)}
+    work, replies = {}, {}
+    for use, conv in convs.items():
+        r1 = conv.ask(["first", am.Image(img)], max_new_tokens=6)
+        before, unfed = conv.tokens_processed, len(conv._unfed)  # reply 1's last token (+ end marker if cut)
+        r2 = conv.ask(["second", am.Image(img)], max_new_tokens=6)
+        replies[use] = (r1.ids, r2.ids)
+        work[use] = conv.tokens_processed - before
+    assert replies[True] == replies[False]
+    # turn 2 with the cache runs its own tokens once each; re-encoding runs the whole history per step
+    n_turn2 = len(model.builder.build([Turn("user"), "second", am.Image(img), Turn("assistant")], add_eos=False)) - 1
+    assert work[True] == unfed + n_turn2 + len(replies[True][1]) - 1  # the new turn, then a token per step
+    assert work[False] > 6 * work[True]
+    # the history holds both turns, the replies as targets
+    hist = convs[True].history
+    assert [s.data for s in hist if s.modality == "turn"] == ["system", "user", "assistant", "user", "assistant"]
+    assert all(s.role == "target" for s in hist[hist.index(hist[-1]):])
+
+
+def test_turn_by_turn_layout_equals_one_stream_of_the_whole_history():
+    """What the conversation ran through the model, turn by turn, is token for token the stream
+    the builder makes of the whole history at once (ids, positions, spans, grids, vectors)."""
+    model = tiny()
+    with torch.no_grad():  # equal logits: greedy picks id 0 (NUL), valid text that re-encodes to itself
+        model.model.head.weight.zero_()
+    img = torch.rand(3, 16, 16)
+    conv = Conversation(model, [{"role": "system", "content": "hi"}], use_cache=False)
+    assert conv.ask(["look", am.Image(img)], max_new_tokens=3).text == "\x00" * 3  # cut: closed by the end marker
+    conv.ask(["again", am.Image(img)], max_new_tokens=1)
+    whole = model.builder.build(conv.history[:-1], add_eos=False)  # all but the last reply (not yet run)
+    ran = conv._full
+    assert ran.ids[0].tolist() == whole.ids.tolist()
+    for name in ("modality", "span", "bidir"):
+        assert getattr(ran, name)[0].tolist() == getattr(whole, name).tolist(), name
+    assert ran.pos[0].tolist() == whole.pos.tolist() and ran.grid[0].tolist() == whole.grid.tolist()
+    assert torch.equal(ran.vectors["image.patch"], whole.vectors["image.patch"])
+    assert ran.index[0].tolist() == list(range(len(whole)))
+
+
+def test_streaming_and_model_chat():
+    model = tiny()
+    conv = Conversation(model)
+    segs = list(conv.ask("hi", max_new_tokens=4, stream=True))
+    assert segs and all(isinstance(x, am.Text) for x in segs)
+    again = tiny().chat([{"role": "user", "content": "hi"}], max_new_tokens=4)
+    assert again.text == "".join(x.data for x in segs) and again.ids == conv.last.ids
+    with pytest.raises(ValueError, match="no chat template"):
+        Conversation(tiny(None))
+    with pytest.raises(ValueError, match="end with a user message"):
+        model.chat([{"role": "assistant", "content": "hi"}])
