@@ -8,19 +8,19 @@ Heavy pieces (torch, Lightning, media decoders) load on first use: ``import anym
 """
 
 from anymodal.errors import ManifestError, MediaError
-from anymodal.segments import Audio, Image, Segment, Text, Video, segment_from_dict, to_segments
+from anymodal.segments import Audio, Image, Segment, Text, Turn, Video, segment_from_dict, to_segments
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnyModal", "Audio", "GenerationOutput", "Image", "ManifestError", "MediaError", "ModalityTokenizer", "Segment",
-    "Text", "TokenBlock", "Video", "create_tokenizer", "list_tokenizers", "register_tokenizer", "segment_from_dict",
-    "to_segments",
+    "AnyModal", "Audio", "Conversation", "GenerationOutput", "Image", "ManifestError", "MediaError",
+    "ModalityTokenizer", "Segment", "Text", "TokenBlock", "Turn", "Video", "create_tokenizer", "list_tokenizers",
+    "register_tokenizer", "segment_from_dict", "to_segments",
 ]
 
 
 # name -> the module that defines it, imported on first access (PEP 562)
-_LAZY = {"AnyModal": "anymodal.api", "GenerationOutput": "anymodal.api",
+_LAZY = {"AnyModal": "anymodal.api", "GenerationOutput": "anymodal.api", "Conversation": "anymodal.chat",
          **dict.fromkeys(("ModalityTokenizer", "TokenBlock", "create_tokenizer", "list_tokenizers",
                           "register_tokenizer"), "anymodal.tokenizers")}
 

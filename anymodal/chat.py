@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from anymodal.generate import GenerationOutput, _Constraints, _Row, _Segmenter, _check_sampling, _sample
+from anymodal.generate import (GenerationOutput, Placement, _check_sampling, _Constraints, _reserve, _Row, _sample,
+                               _Segmenter)
 from anymodal.model import KVCache
 from anymodal.packing import Batch, pad
 from anymodal.segments import Segment, Turn, mark_generated, to_segments
@@ -117,8 +118,6 @@ class Conversation:
         if self.use_cache:
             if self._cache is None:
                 self._cache = KVCache(model.config, 1, max(256, 2 * n), dev, model.model.embed.weight.dtype)
-            from anymodal.generate import _reserve
-
             _reserve(self._cache, self._cache.length + n)
             logits = model.model(b, cache=self._cache)[0, -1]
             self.tokens_processed += n
@@ -129,7 +128,7 @@ class Conversation:
         self._length += n
         return logits
 
-    def _step_batch(self, t: int, p) -> Batch:
+    def _step_batch(self, t: int, p: Placement) -> Batch:
         def one(x, dtype=None):
             return torch.tensor([[x]], dtype=dtype)
 
@@ -155,7 +154,6 @@ class Conversation:
         if not user:
             raise ValueError("the user turn is empty; give text or media")
         turn = self._pending + [Turn("user"), *user, Turn("assistant")]
-        self._pending = []
         it = self._reply(turn, max_new_tokens, temperature, top_k, top_p, seed)
         if stream:
             return (s for s in it if not isinstance(s, GenerationOutput))
@@ -169,12 +167,22 @@ class Conversation:
         was_training = model.training
         model.eval()
         try:
+            end_ids = model.builder.turn_ids("assistant", "end")[0].tolist()
+            # room for the new turn, a reply of at least one token and the marker that closes it
+            room = model.config.max_seq_len - self._length - len(self._unfed) - len(end_ids)
+            saved = self._cursor, self._n_span
             b = self._chunk(turn)
+            if b.ids.shape[1] >= room:  # the context bounds the whole conversation, as it bounds one request
+                self._cursor, self._n_span = saved  # the conversation stays as it was
+                raise ValueError(f"the conversation would reach {self._length + len(self._unfed) + b.ids.shape[1]} "
+                                 f"tokens, over the model's max_seq_len={model.config.max_seq_len}: start a new "
+                                 f"Conversation (or shorten this turn)")
+            max_new_tokens = min(max_new_tokens, room - b.ids.shape[1])
+            self._pending = []
             if self._unfed:  # the end marker of the previous reply: in the cache before the new turn
                 b = _concat(self._unfed_batch(), b)
                 self._unfed = []
             logits = self._forward(b)
-            end_ids = model.builder.turn_ids("assistant", "end")[0].tolist()
             cons = _Constraints(model, model.device)
             cons.text_mask = cons.text_mask.clone()
             for t in end_ids:
@@ -236,9 +244,8 @@ class Conversation:
         return b
 
 
-def _special_place(row: _Row):
-    from anymodal.generate import Placement
-
+def _special_place(row: _Row) -> Placement:
+    """Place a special token (a turn's end marker, ``<eos>``) at the row's cursor, as training does."""
     p = Placement([row.cursor] * 3, [0, 0, 0], 0, row.v.special_modality, False)
     row.cursor += 1
     return p

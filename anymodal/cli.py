@@ -10,6 +10,7 @@
     anymodal serve --model runs/demo/export --port 8000 [--api-key KEY]
     anymodal data synth --out runs/demo/data
     anymodal data import --format obelics|mmc4 IN.jsonl OUT.jsonl [--image-root DIR]
+    anymodal data import --format llava|sharegpt|messages IN.json OUT.jsonl --image-root DIR [--video-root DIR]
     anymodal data shard --manifest runs/demo/data/train.jsonl --out runs/demo/shards --samples-per-shard 1000
 """
 

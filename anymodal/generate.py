@@ -196,6 +196,8 @@ class _Constraints:
         lo, hi = v.id_range(v.text.name)
         text[lo:hi] = True
         text[v.eos] = True
+        if "assistant" in v.turn_end:  # a chat model ends its reply by closing its turn
+            text[v.turn_end["assistant"]] = True
         self.discrete_media = _generatable(v)
         for name in self.discrete_media:
             text[v.begin[name]] = True
@@ -252,7 +254,7 @@ class _SpanState:
             if owner is not None and owner in self.media:
                 self.active, self.count = owner, 0
                 return BEGIN, owner
-            return (SPECIAL if t in (v.bos, v.eos, v.pad) else TEXT), None
+            return (SPECIAL if t in (v.bos, v.eos, v.pad) or t in v.turn_end.values() else TEXT), None
         if t == v.end[name]:
             self.active = None
             return END, name

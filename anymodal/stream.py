@@ -2,8 +2,12 @@
 
 Unified vocabulary (saved with the model, derived only from the ordered tokenizer list)::
 
-    [ text ids | discrete tokenizer 2 ids | ... | <bos> <eos> <pad> | <begin:NAME> <end:NAME> ... ]
-      offset 0   offset = sum of previous      specials                 one pair per media tokenizer
+    [ text ids | discrete tokenizer 2 ids | ... | <bos> <eos> <pad> | <begin:NAME> <end:NAME> ... | <turn:user> ...]
+      offset 0   offset = sum of previous      specials                 one pair per media tokenizer  roles (opt-in)
+
+The role tokens (begin and end of a system / user / assistant turn) exist only with the
+``default`` chat template (:data:`CHAT_TEMPLATES`, ``model.arch.chat_template``); a
+:class:`~anymodal.segments.Turn` segment opens a turn and the next one (or the sample's end) closes it.
 
 Every token has a stream position, whether it is an id or a continuous vector (the vectors ride
 in a side tensor per tokenizer and are projected into the model width at layer 0). Per token:

@@ -93,7 +93,8 @@ def test_kept_cache_gives_the_same_tokens_as_reencoding_and_runs_fewer_tokens():
     # the history holds both turns, the replies as targets
     hist = convs[True].history
     assert [s.data for s in hist if s.modality == "turn"] == ["system", "user", "assistant", "user", "assistant"]
-    assert all(s.role == "target" for s in hist[hist.index(hist[-1]):])
+    replies_kept = [s for s in hist if s.generated]
+    assert replies_kept and all(s.role == "target" for s in replies_kept)
 
 
 def test_turn_by_turn_layout_equals_one_stream_of_the_whole_history():
@@ -127,3 +128,53 @@ def test_streaming_and_model_chat():
         Conversation(tiny(None))
     with pytest.raises(ValueError, match="end with a user message"):
         model.chat([{"role": "assistant", "content": "hi"}])
+
+
+def test_generate_on_a_turn_prompt_stops_where_the_assistant_closes_its_turn():
+    model = tiny()
+    end = model.vocab.turn_end["assistant"]
+    prompt = messages_to_segments([{"role": "user", "content": "hi"}]) + [Turn("assistant")]
+    out = model.generate(prompt, max_new_tokens=8, forced=[ord("o"), ord("k"), end])
+    assert out.ids == [ord("o"), ord("k"), end] and out.text == "ok"
+
+
+def test_a_conversation_longer_than_max_seq_len_is_refused_and_stays_usable():
+    torch.manual_seed(0)
+    model = AnyModal(TOKS, ModelConfig(dim=32, n_layers=1, n_heads=2, chat_template="default", max_seq_len=40)).eval()
+    conv = Conversation(model, [{"role": "system", "content": "brief"}])
+    with pytest.raises(ValueError, match="over the model's max_seq_len=40: start a new Conversation"):
+        conv.ask("x" * 40)
+    out = conv.ask("hi", max_new_tokens=100)  # the budget is capped by what the context has left
+    assert conv._length + len(conv._unfed) <= 40 and len(out.ids) >= 1
+    assert [s.data for s in conv.history if s.modality == "turn"] == ["system", "user", "assistant"]
+
+
+def _bigram_model(chat_template: str, follows: dict[str, str]) -> AnyModal:
+    """A text.bytes model whose greedy next byte depends only on the current one (``follows``):
+    one-hot embeddings, blocks that add nothing, the head a transition table."""
+    model = AnyModal(["text.bytes"], ModelConfig(dim=260, n_layers=1, n_heads=2, chat_template=chat_template)).eval()
+    with torch.no_grad():
+        model.model.embed.weight.copy_(torch.eye(259, 260))
+        model.model.blocks[0].attn.wo.weight.zero_()
+        model.model.blocks[0].mlp.w2.weight.zero_()
+        model.model.head.weight.zero_()
+        for cur, nxt in follows.items():
+            model.model.head.weight[ord(nxt), ord(cur)] = 1.0
+    return model
+
+
+def test_a_text_chat_template_reply_stops_at_its_text_end_marker(monkeypatch):
+    """With an HF chat LM's text markers (here a made-up one), the reply ends where the model writes
+    the end marker, which is not part of the reply's text, and the next turn continues after it."""
+    from anymodal import stream
+
+    monkeypatch.setitem(stream.CHAT_TEMPLATES, "test", {r: (f"{r[0].upper()}:", "!?") for r in stream.TURN_SPEAKERS})
+    model = _bigram_model("test", {":": "o", "o": "k", "k": "!", "!": "?"})
+    for use_cache in (True, False):
+        conv = Conversation(model, use_cache=use_cache)
+        out = conv.ask("hi", max_new_tokens=10)
+        assert out.text == "ok" and out.ids == [ord(c) for c in "ok!?"]
+        assert conv.ask("again", max_new_tokens=10).text == "ok"
+        # what ran: the whole history as one stream up to the open reply, then the reply but its last
+        # token (that one runs with the next turn)
+        assert conv._length == len(model.builder.build(conv.history[:-1], add_eos=False)) + len("ok!")

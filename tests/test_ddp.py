@@ -2,7 +2,8 @@
 with the same global batch: same losses, same final weights, and the two distributed failure
 modes handled on every rank at once -- a batch whose samples are all bad on rank 1 only (rank 1
 steps on a dummy row instead of leaving rank 0 waiting in the gradient all-reduce) and a NaN loss
-on rank 1 only (``model.nonfinite=skip``: the update is dropped on both ranks)."""
+on rank 1 only (``model.nonfinite=skip``: the update is dropped on both ranks). Validation and
+evaluation on 2 processes report what one process reports (sums over ranks, each sample once)."""
 
 import csv
 import json
@@ -383,5 +384,8 @@ def test_sharded_evaluation_equals_one_process(tmp_path, png):
             assert got["metrics"] == pytest.approx(want["metrics"]), (rank, name)
             assert got["chances"] == pytest.approx(want["chances"]), (rank, name)
     assert Shard(1, 2).take(list("abcde")) == ["b", "d"] and Shard().gather(["x"]) == ["x"]
+    # FSDP: every forward is a collective, so every rank takes every example (and gathers nothing)
+    lockstep = Shard(1, 2, lockstep=True)
+    assert lockstep.take(list("abc")) == list("abc") and lockstep.gather(list("abc")) == list("abc")
     with pytest.raises(ValueError, match="rank must be in"):
         Shard(2, 2)

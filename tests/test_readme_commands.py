@@ -104,6 +104,9 @@ LEFT_OUT: dict[str, str] = {
     r"fit --config depth\.yaml|export --ckpt runs/depth/":
         "the depth tutorial: its data come from the page's Python blocks and its tokenizer from the plugin "
         "package (tests/test_plugin.py installs it and trains from a recipe)",
+    r"data import --format llava llava/train\.json":
+        "the chat tutorial: its LLaVA file comes from the page's Python blocks (tests/test_docs.py); "
+        "tests/test_importers_chat.py runs this importer through the real CLI on such a file",
     r"serve ": "a server runs until stopped: tests/test_serve.py starts it and sends requests",
     r"eval --model runs/demo/export --task-file my_tasks\.jsonl":
         "the reader's own task file (the page's Python block writes and scores one, in tests/test_docs.py)",

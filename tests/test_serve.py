@@ -87,8 +87,8 @@ class _Server:
         self.bg = serve_in_thread(model, config=config, limits=limits)
         self.url = self.bg.url[:-len("/v1")]
 
-    def client(self, key=KEY):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    def client(self, key=KEY, retries=0):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=retries, timeout=60)
 
     def stop(self):
         self.bg.stop()
@@ -148,7 +148,7 @@ def drawing():
     from anymodal.serve.app import ServeConfig
 
     model = _drawing_model()
-    srv = _Server(model, ServeConfig(name="draw", max_batch=1, max_queue=1, queue_timeout=0.3))
+    srv = _Server(model, ServeConfig(name="draw"))
     yield model, srv
     srv.stop()
 
@@ -299,22 +299,29 @@ def test_image_out(drawing):
 
 
 def test_a_request_that_waits_too_long_gets_503_with_a_retry_hint(drawing):
-    """max_batch=1, queue_timeout=0.3 s: while one long request decodes (200 tokens), the next one is refused."""
-    model, srv = drawing
-    started = _raw(srv.url, "/health")[1]["requests"]
-    slow = threading.Thread(target=lambda: srv.client().chat.completions.create(
-        model="draw", messages=[{"role": "user", "content": "draw"}], max_tokens=200, temperature=0))
-    slow.start()
-    t0 = time.monotonic()
-    while _raw(srv.url, "/health")[1]["requests"] == started and time.monotonic() - t0 < 30:  # until it started
-        time.sleep(0.01)
-    with pytest.raises(openai.APIStatusError) as e:
-        srv.client().chat.completions.create(model="draw", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-    assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
-    assert "busy" in e.value.message
-    slow.join()
-    ok = srv.client().chat.completions.create(model="draw", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-    assert ok.choices[0].finish_reason == "length"
+    """max_batch=1, queue_timeout=0.05 s: while one long request decodes (400 tokens: 22 images,
+    over 0.4 s even on a quiet machine), the next one is refused with a retry hint."""
+    from anymodal.serve.app import ServeConfig
+
+    model, _ = drawing
+    srv = _Server(model, ServeConfig(name="draw", max_batch=1, max_queue=1, queue_timeout=0.05))
+    try:
+        draw = {"model": "draw", "messages": [{"role": "user", "content": "draw"}], "temperature": 0}
+        # the client retries a 503 by itself (Retry-After), should a loaded machine delay even this one
+        slow = threading.Thread(target=lambda: srv.client(retries=5).chat.completions.create(max_tokens=400, **draw))
+        slow.start()
+        t0 = time.monotonic()
+        while _raw(srv.url, "/health")[1]["requests"] == 0 and time.monotonic() - t0 < 60:  # until it started
+            time.sleep(0.005)
+        with pytest.raises(openai.APIStatusError) as e:
+            srv.client().chat.completions.create(max_tokens=2, **draw)
+        assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
+        assert "busy" in e.value.message
+        slow.join()
+        ok = srv.client(retries=5).chat.completions.create(max_tokens=2, **draw)
+        assert ok.choices[0].finish_reason == "length"
+    finally:
+        srv.stop()
 
 
 # ---- refusals -------------------------------------------------------------------------------------

@@ -89,12 +89,13 @@ class Shard:
 
     @classmethod
     def of_trainer(cls, trainer) -> "Shard":
-        """This rank's share in a Lightning run. Under FSDP every forward is a collective, so the
-        ranks cannot each generate for different prompts: there each rank takes every example,
-        in lock step (the same report, without the speed-up)."""
-        from lightning.pytorch.strategies import FSDPStrategy
+        """This rank's share in a Lightning run. Under FSDP (or another strategy that shards the
+        parameters) every forward is a collective, so the ranks cannot each generate for different
+        prompts: there each rank takes every example, in lock step (the same report, no speed-up)."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-        return cls(trainer.global_rank, trainer.world_size, lockstep=isinstance(trainer.strategy, FSDPStrategy))
+        sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+        return cls(trainer.global_rank, trainer.world_size, lockstep=sharded)
 
     def take(self, items: Sequence) -> list:
         """Items ``rank, rank + world, ...`` (strided, so shard sizes differ by at most one)."""
@@ -239,9 +240,9 @@ def evaluate_task(model: "AnyModal", task: Task, batch_size: int = 64, bar=None,
     # this rank's examples -> what the metrics need of each (None: its media failed to decode);
     # gathered back in order, so every rank scores all examples exactly once
     mine = shard.take(task.examples)
-    preds = shard.gather(_predict(model, task, mine, _usable(model, mine), batch_size, bar))
-    examples = [ex for ex, p in zip(task.examples, preds) if p is not None]
-    preds = [p for p in preds if p is not None]
+    predicted = shard.gather(_predict(model, task, mine, _usable(model, mine), batch_size, bar))
+    examples = [ex for ex, p in zip(task.examples, predicted) if p is not None]
+    predicted = [p for p in predicted if p is not None]
     skipped = len(task.examples) - len(examples)
     result["skipped"] = skipped
     if not examples:
@@ -252,12 +253,12 @@ def evaluate_task(model: "AnyModal", task: Task, batch_size: int = 64, bar=None,
     per_example: list[dict] = [{"id": ex.id, "answers": ex.answers} for ex in examples]
     generated = None
     if set(task.metrics) - {"choice"}:
-        generated = [_Reply(p["text"]) for p in preds]
+        generated = [_Reply(p["text"]) for p in predicted]
         for rec, out in zip(per_example, generated):
             rec["prediction"] = out.text
     for metric in task.metrics:
         if metric == "choice":
-            scores = [p["choice"] for p in preds]
+            scores = [p["choice"] for p in predicted]
             best = [ex.choices[max(range(len(s)), key=lambda k: (s[k], -k))] for ex, s in zip(examples, scores)]
             for rec, b in zip(per_example, best):
                 rec["choice"] = b
@@ -288,7 +289,7 @@ def evaluate_task(model: "AnyModal", task: Task, batch_size: int = 64, bar=None,
             values[metric] = fn(hyps, refs)
             chances[metric] = fn(base, refs) if len(refs) > 1 else None
         else:  # generated media: checks and token accuracy (anymodal.evaluate.checks)
-            media = summarize_media(metric, [p["media"][metric] for p in preds])
+            media = summarize_media(metric, [p["media"][metric] for p in predicted])
             if media.refused:  # e.g. a random-weight codec's decoded media: the report says why
                 result.setdefault("refused", {})[metric] = media.refused
                 continue

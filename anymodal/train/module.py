@@ -119,13 +119,14 @@ class AnyModalModule(L.LightningModule):
         self._touched = False  # this step added `_touch` (DDP): drop the gradients no rank made
         self._t_last: float | None = None
         self._val_sums: torch.Tensor | None = None  # see _val_sums_of
-        self._val_t0 = 0.0
+        self._val_t0 = self._val_t1 = 0.0  # validation's first and last step (val/tokens_per_s)
 
     # ---- the step -------------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device)
 
-    def _loss(self, batch, stage: str):
+    def _loss(self, batch):
+        """The training loss; logs each modality's mean token loss on this rank's batch."""
         logits = self.net(batch)  # (B, T, V)
         loss, per_tok = lm_loss(logits, batch.labels, batch.loss_weight, self.net.config.z_loss)
         # per-modality loss: the modality of the label token is that of the next position
@@ -136,8 +137,7 @@ class AnyModalModule(L.LightningModule):
             sel = has & (label_mod == k)
             n = int(sel.sum())
             if n:
-                self.log(f"{stage}/loss_{name}", per_tok[sel].sum() / n, batch_size=B,
-                         on_step=stage == "train", on_epoch=stage != "train")
+                self.log(f"train/loss_{name}", per_tok[sel].sum() / n, batch_size=B, on_step=True, on_epoch=False)
         return loss
 
     def _trainable(self):
@@ -165,7 +165,7 @@ class AnyModalModule(L.LightningModule):
         if B == 0:  # ... but the other ranks may have data: step with them
             loss, den = self._zero_step(), 0.0
         else:
-            loss = self._loss(batch, "train")
+            loss = self._loss(batch)
             den = float(((batch.labels != IGNORE).float() * batch.loss_weight).sum())
         finite = bool(torch.isfinite(loss.detach()))
         # what every rank must agree on, in one all-reduce (nothing to reduce on one device)
@@ -246,11 +246,12 @@ class AnyModalModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val_sums = None
-        self._val_t0 = time.perf_counter()
+        self._val_t0 = self._val_t1 = time.perf_counter()
 
     def validation_step(self, batch, batch_idx):
         sums = self._val_sums_of(batch)
         self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+        self._val_t1 = time.perf_counter()  # the loss passes only (the epoch-end hooks may generate)
         return None
 
     def _log_val_sums(self):
@@ -259,7 +260,7 @@ class AnyModalModule(L.LightningModule):
         if self.trainer.world_size > 1:  # every rank gets here, batches or not: one all-reduce
             sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()
         self._val_sums = None
-        seconds = time.perf_counter() - self._val_t0
+        seconds = self._val_t1 - self._val_t0
         # the values are equal on every rank now; sync_dist only tells Lightning so (it averages
         # equal numbers, and does not warn about an epoch metric left unsynchronised)
         kw = dict(sync_dist=True, batch_size=1)
