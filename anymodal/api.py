@@ -153,6 +153,27 @@ class AnyModal(nn.Module):
         conv = Conversation(self, list(messages[:-1]))
         return conv.ask(messages[-1]["content"], max_new_tokens, **kw)
 
+    def explain(self, prompt: Any, answer: str | None = None, *, rule: str = "rollout",
+                layers: int | None = None, max_new_tokens: int = 32):
+        """Where the model looked: attention maps of an answer over the prompt's media.
+
+        ``answer``: the text to explain; ``None`` generates the model's greedy answer first.
+        ``rule``: how heads and layers are aggregated, ``rollout`` (attention rollout, Abnar &
+        Zuidema 2020) or ``last`` (mean over heads of the last ``layers`` layers); see
+        :mod:`anymodal.explain`. Returns an :class:`anymodal.explain.Explanation` with one map per
+        media span (image patches, video tubelets, audio time patches), for the whole answer and
+        for each of its tokens.
+
+        Example::
+
+            exp = model.explain(["Where is the shape?", am.Image("a.png")])
+            exp.answer, exp.maps[0].peak()             # "top left", (0, 0, 1)
+            exp.save("map.png")                        # the heat map over the image
+        """
+        from anymodal.explain import explain
+
+        return explain(self, prompt, answer, rule=rule, layers=layers, max_new_tokens=max_new_tokens)
+
     # ---- saving and loading ----------------------------------------------------------------------
     def export(self, path: str | os.PathLike) -> Path:
         """Write ``config.json``, ``model.safetensors`` and tokenizer files to a folder (no pickle)."""

@@ -34,7 +34,7 @@ from anymodal.stream import TURN_SPEAKERS
 if TYPE_CHECKING:
     from anymodal.api import AnyModal
 
-__all__ = ["Conversation", "messages_to_segments"]
+__all__ = ["Conversation", "chat_prompt", "is_chat_messages", "messages_to_segments"]
 
 
 def messages_to_segments(messages: list[dict]) -> list[Segment]:
@@ -55,6 +55,34 @@ def messages_to_segments(messages: list[dict]) -> list[Segment]:
         out.append(Turn(m["role"]))
         out += to_segments([{"role": m["role"], "content": m["content"]}])
     return out
+
+
+def is_chat_messages(prompt: Any) -> bool:
+    """True for HF-style chat messages: a dict, or a non-empty list of dicts, each with ``role`` and
+    ``content`` (what :func:`chat_prompt` converts; anything else is a plain interleaved prompt).
+
+    >>> is_chat_messages([{"role": "user", "content": "hi"}]), is_chat_messages(["hi", {"type": "text", "text": "x"}])
+    (True, False)
+    """
+    items = [prompt] if isinstance(prompt, dict) else prompt
+    return isinstance(items, (list, tuple)) and bool(items) and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in items)
+
+
+def chat_prompt(messages: list[dict] | dict) -> list[Segment]:
+    """HF-style messages -> the prompt of the next assistant reply for a model with a chat template:
+    each message as a turn (:func:`messages_to_segments`), then an open assistant turn (Hugging
+    Face's ``add_generation_prompt``); a last message by the assistant is continued instead (HF's
+    ``continue_final_message``). ``model.generate(messages)`` of a chat model goes through here.
+
+    >>> chat_prompt([{"role": "user", "content": "hi"}])
+    [Turn('user'), Text('hi', role='prompt'), Turn('assistant')]
+    """
+    messages = [messages] if isinstance(messages, dict) else list(messages)
+    segs = messages_to_segments(messages)
+    if messages and messages[-1]["role"] != "assistant":
+        segs.append(Turn("assistant"))
+    return segs
 
 
 class Conversation:

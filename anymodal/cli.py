@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", type=int, default=100)
     s.add_argument("--image-size", type=int, default=48)
     s.add_argument("--tasks", default=None, help="comma-separated task names or groups: image, video, audio, "
-                   "cross, all (default: image)")
+                   "cross, all, chat (three-turn conversations; default: image)")
     s.add_argument("--video-size", type=int, default=None, help="frame side in pixels (default 32)")
     s.add_argument("--video-frames", type=int, default=None, help="frames per clip (default 16)")
     s.add_argument("--audio-seconds", type=float, default=None, help="clip length (default 1.0)")

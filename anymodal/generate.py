@@ -116,11 +116,18 @@ def _check_sampling(temperature, top_k, top_p, where: str = "") -> None:
         raise ValueError(f"{where}top_p={top_p!r}: must be in (0, 1], or None for no nucleus filter")
 
 
-def _check_prompt(prompt, where: str = "prompt") -> list[Segment]:
-    """The prompt as segments; one clear error for a wrong type or an empty prompt."""
+def _check_prompt(prompt, where: str = "prompt", chat: bool = False) -> list[Segment]:
+    """The prompt as segments; one clear error for a wrong type or an empty prompt. ``chat``: the
+    model has a chat template, so HF-style messages become its turns (:func:`anymodal.chat.chat_prompt`)
+    instead of plain interleaving."""
     if not isinstance(prompt, (str, Segment, dict, list, tuple)):
         raise TypeError(f"{where} is a {type(prompt).__name__}; pass a string, a segment "
                         f"(am.Image(...), ...) or a list of them")
+    if chat:
+        from anymodal.chat import chat_prompt, is_chat_messages  # anymodal.chat imports this module
+
+        if is_chat_messages(prompt):
+            return chat_prompt(prompt)
     segs = to_segments([prompt] if isinstance(prompt, dict) else prompt)
     if all(s.modality == "text" and isinstance(s.data, str) and not s.data for s in segs):
         raise ValueError(f"{where} is empty; give text or media to continue")
@@ -438,7 +445,8 @@ class _Decoder:
                 raise ValueError(f"guidance for {n} is {g}: must be a finite number (1 = off)")
         self.B = len(prompts)
         self.cfg = any(g != 1.0 for g in self.guidance.values())
-        segs = [_check_prompt(p, f"prompt {i}" if self.B > 1 else "prompt") for i, p in enumerate(prompts)]
+        chat = bool(model.vocab.chat_template)
+        segs = [_check_prompt(p, f"prompt {i}" if self.B > 1 else "prompt", chat) for i, p in enumerate(prompts)]
         if self.cfg:  # rows B..2B-1: the same prompts with the conditioning dropped
             segs = segs + [drop_condition(s) for s in segs]
         self.streams = [model.builder.build(s, add_eos=False, cfg_dropout=False) for s in segs]

@@ -36,3 +36,19 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
     exe = Path(sys.executable).parent / "anymodal"
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+
+
+def wire_to_open_spans(model, *tokenizer_names):
+    """Set ``model``'s weights by hand (in place) so that, in text mode, it opens a media span of one
+    of ``tokenizer_names`` instead of writing text (inside a span, generation constrains the codes to
+    that tokenizer's range): the embedding's first channel is large and positive, the final norm
+    keeps only it, and the head scores only those begin markers. Returns the model."""
+    v = model.vocab
+    with torch.no_grad():
+        model.model.embed.weight[:, 0] = 50.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.model.head.weight.zero_()
+        for name in tokenizer_names:
+            model.model.head.weight[v.begin[name], 0] = 5.0
+    return model

@@ -178,3 +178,53 @@ def test_a_text_chat_template_reply_stops_at_its_text_end_marker(monkeypatch):
         # what ran: the whole history as one stream up to the open reply, then the reply but its last
         # token (that one runs with the next turn)
         assert conv._length == len(model.builder.build(conv.history[:-1], add_eos=False)) + len("ok!")
+
+
+def test_generate_given_hf_messages_speaks_the_chat_template():
+    """``model.generate(messages)``: a chat model gets its role tokens (the turns of
+    :func:`anymodal.chat.chat_prompt`, an open assistant turn last); a model without a chat
+    template gets the messages interleaved plainly, as before."""
+    from anymodal.chat import chat_prompt, is_chat_messages
+    from anymodal.segments import to_segments
+
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert is_chat_messages(msgs) and is_chat_messages(msgs[0]) and not is_chat_messages(["hi", {"type": "text"}])
+    assert chat_prompt(msgs) == messages_to_segments(msgs) + [Turn("assistant")]
+    # a last assistant message is continued (HF's continue_final_message), not closed
+    assert chat_prompt(msgs + [{"role": "assistant", "content": "o"}])[-1].data == "o"
+
+    def logits(model, prompt):
+        return model.generate(prompt, max_new_tokens=2, return_logits=True)[1]
+
+    chat = tiny()
+    assert torch.equal(logits(chat, msgs), logits(chat, chat_prompt(msgs)))
+    assert not torch.allclose(logits(chat, msgs), logits(chat, to_segments(msgs)))  # not plain interleaving
+    plain = tiny(None)
+    assert torch.equal(logits(plain, msgs), logits(plain, to_segments(msgs)))
+    # the reply ends where the assistant closes its turn
+    end = chat.vocab.turn_end["assistant"]
+    out = chat.generate(msgs, max_new_tokens=8, forced=[ord("o"), ord("k"), end])
+    assert out.text == "ok" and out.ids[-1] == end
+
+
+def test_a_conversation_record_is_scored_on_its_last_reply():
+    """Evaluation asks a conversation record its last assistant turn, the earlier turns (and their
+    reference replies) as the history; a model without a chat template is reported as unable to
+    read turns rather than failing the run."""
+    import json
+    from pathlib import Path
+
+    from anymodal.data.manifest import parse_line
+    from anymodal.evaluate.qa import evaluate_records
+
+    line = {"id": "c/0", "task": "chat.toy", "answer": "b", "choices": ["a", "b"],
+            "segments": [{"type": "turn", "turn": "user"}, {"type": "text", "text": "x?"},
+                         {"type": "turn", "turn": "assistant"}, {"type": "text", "text": "a", "role": "target"},
+                         {"type": "turn", "turn": "user"}, {"type": "text", "text": "y?"},
+                         {"type": "turn", "turn": "assistant"}, {"type": "text", "text": "b", "role": "target"}]}
+    rec = parse_line(json.dumps(line), "m.jsonl", 1, Path("."))
+    report = evaluate_records(tiny(), [rec])
+    task = report["tasks"]["chat.toy"]
+    assert task["status"] == "ok" and task["n"] == 1 and task["chance"] == 0.5 and task["kind"] == "text"
+    off = evaluate_records(tiny(None), [rec])["tasks"]["chat.toy"]
+    assert off["status"] == "unsupported" and "no chat template" in off["reason"]

@@ -16,6 +16,7 @@ from anymodal.generate import TruncatedSpan
 from anymodal.model import debug
 from anymodal.packing import pad
 from anymodal.stream import StreamBuilder, build_tokenizers
+from conftest import wire_to_open_spans
 
 # random weights, asked for: these tests check mechanics, not what the media look like
 FSQ = {"name": "image.fsq", "image_size": 16, "levels": [5, 4], "channels": 16, "random_init": True}  # 4x4 codes
@@ -249,16 +250,7 @@ def _drawing_model(model):
     """The test model with weights set by hand so that, in text mode, it opens a media span
     (either kind, by sampling) instead of writing text: the embedding's first channel is large
     and positive, the final norm keeps only it, the head scores only the two begin markers."""
-    m = _copy(model)
-    v = m.vocab
-    with torch.no_grad():
-        m.model.embed.weight[:, 0] = 50.0
-        m.model.norm.weight.zero_()
-        m.model.norm.weight[0] = 1.0
-        m.model.head.weight.zero_()
-        m.model.head.weight[v.begin["image.fsq"], 0] = 5.0
-        m.model.head.weight[v.begin["audio.encodec"], 0] = 5.0
-    return m
+    return wire_to_open_spans(_copy(model), "image.fsq", "audio.encodec")
 
 
 def test_generate_returns_media_segments_that_save_as_png_and_wav(model, tmp_path):
@@ -315,15 +307,7 @@ def _with_config(model, **config):
 def _fsq_drawing_model(model, **config):
     """``fsq_model`` with weights set by hand so that, in text mode, it always opens an image span
     (then draws codes): see :func:`_drawing_model`. ``config`` overrides the decoder config."""
-    m = _with_config(model, **config)
-    v = m.vocab
-    with torch.no_grad():
-        m.model.embed.weight[:, 0] = 50.0
-        m.model.norm.weight.zero_()
-        m.model.norm.weight[0] = 1.0
-        m.model.head.weight.zero_()
-        m.model.head.weight[v.begin["image.fsq"], 0] = 5.0
-    return m
+    return wire_to_open_spans(_with_config(model, **config), "image.fsq")
 
 
 def test_a_span_cut_by_the_budget_is_finished(fsq_model):

@@ -56,6 +56,7 @@ TINY: dict[str, Tiny] = {
     r"validate --config recipes/demo\.yaml --ckpt_path runs/demo/checkpoints/last\.ckpt": Tiny(
         DEMO_TINY, prints=r"val/loss"),
     r"tokenizers$": Tiny(prints=r"image\.fsq\s+image\s+discrete"),
+    r"doctor$": Tiny(prints=r"(?s)core\n\s+ok\s+python .*video\n.*(ok|--)\s+decord"),
     r"data synth --out runs/data --tasks all": Tiny(
         ["--train", "1", "--val", "1", "--test", "1"], ["runs/data/train.jsonl", "runs/data/test.jsonl"]),
     r"data synth --out data ": Tiny(["--train", "1", "--val", "1", "--test", "1"], ["data/train.jsonl"]),

@@ -22,6 +22,7 @@ import torch
 
 import anymodal as am
 from anymodal.model import debug
+from conftest import wire_to_open_spans
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -132,15 +133,7 @@ def _drawing_model():
     span: the embedding's first channel is large, the final norm keeps only it, the head scores
     only the image begin marker (inside the span the codes are constrained to the image range)."""
     torch.manual_seed(0)
-    m = am.AnyModal(["text.bytes", FSQ], debug()).eval()
-    v = m.vocab
-    with torch.no_grad():
-        m.model.embed.weight[:, 0] = 50.0
-        m.model.norm.weight.zero_()
-        m.model.norm.weight[0] = 1.0
-        m.model.head.weight.zero_()
-        m.model.head.weight[v.begin["image.fsq"], 0] = 5.0
-    return m
+    return wire_to_open_spans(am.AnyModal(["text.bytes", FSQ], debug()).eval(), "image.fsq")
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +208,7 @@ def test_audio_and_video_in(served):
 
 
 def test_messages_are_interleaved_plainly(served):
-    """No chat template yet: messages' parts in order, a newline between messages."""
+    """A model without a chat template: messages' parts in order, a newline between messages."""
     model, srv = served
     png = _png((255, 0, 0))
     r = srv.client().chat.completions.create(model="tiny", max_tokens=6, temperature=0, messages=[
@@ -223,6 +216,43 @@ def test_messages_are_interleaved_plainly(served):
         {"role": "user", "content": [_image_part(png), {"type": "text", "text": "What colour?"}]}])
     ref = model.generate(["Answer briefly.", "\n", am.Image(png), "What colour?"], max_new_tokens=6)
     assert r.choices[0].message.content == ref.text
+
+
+def test_a_chat_model_gets_its_role_tokens_as_generate_gives_them():
+    """A model with a chat template: each message is a turn and the reply an open assistant turn,
+    exactly what ``model.generate`` makes of the same HF-style messages; the prompt's token count
+    covers the turn markers."""
+    from anymodal.chat import chat_prompt
+    from anymodal.model import ModelConfig
+    from anymodal.serve.app import ServeConfig
+    from anymodal.serve.protocol import ServeLimits, messages_to_prompt
+
+    parts = messages_to_prompt([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                               ServeLimits(), chat=True)
+    assert parts == [am.Turn("system"), "Be brief.", am.Turn("user"), "Hi", am.Turn("assistant")]
+    assert messages_to_prompt([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "O"}],
+                              ServeLimits(), chat=True)[-1] == "O"  # a last assistant message is continued
+    torch.manual_seed(0)
+    model = am.AnyModal(["text.bytes", IMAGE], ModelConfig(dim=32, n_layers=2, n_heads=2,
+                                                           chat_template="default")).eval()
+    png = _png((255, 0, 0))
+    srv = _Server(model, ServeConfig(name="chat"))
+    try:
+        r = srv.client().chat.completions.create(model="chat", max_tokens=6, temperature=0, messages=[
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": [_image_part(png), {"type": "text", "text": "What colour?"}]}])
+    finally:
+        srv.stop()
+    hf = [{"role": "system", "content": "Answer briefly."},
+          {"role": "user", "content": [{"type": "image", "image": png}, {"type": "text", "text": "What colour?"}]}]
+    ref = model.generate(hf, max_new_tokens=6)
+    assert r.choices[0].message.content == ref.text
+    # the turn markers are counted (an end marker to spare for the reply's turn)
+    prompt = len(model.builder.build(chat_prompt(hf), add_eos=False))
+    assert r.usage.prompt_tokens == prompt + 1
+    plain = model.generate(["Answer briefly.", "\n", am.Image(png), "What colour?"], max_new_tokens=6,
+                           return_logits=True)[1]
+    assert not torch.allclose(model.generate(hf, max_new_tokens=6, return_logits=True)[1], plain)
 
 
 def test_streaming_gives_the_same_answer_in_chunks(served):

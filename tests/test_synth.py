@@ -125,7 +125,7 @@ def test_groups_expand_in_order_without_duplicates():
     four = SynthConfig(tasks=["image", "video", "audio", "cross"]).tasks
     assert four == list(IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS)
     assert SynthConfig(tasks="all").tasks == four + ["cross.same_count"] == list(TASK_GROUPS["all"])
-    assert sorted(TASK_GROUPS["all"]) == sorted(TASKS)
+    assert sorted(TASK_GROUPS["all"] + TASK_GROUPS["chat"]) == sorted(TASKS)  # conversations apart from "all"
 
 
 @pytest.mark.parametrize("kw,match", [({"tasks": ["video.nope"]}, "video.nope"), ({"tasks": []}, "empty"),
@@ -264,9 +264,10 @@ def test_image_count_matches(suite):
 
 # ---- balance, splits, determinism ----------------------------------------------------------------
 def test_answers_are_balanced(suite):
-    root, _ = suite
+    root, cfg = suite
     for split in ("train", "test"):
-        for task, spec in TASKS.items():
+        for task in cfg.tasks:
+            spec = TASKS[task]
             counts = Counter(r["answer"] for r in _records(root, split, task))
             assert sum(counts.values()) == PER
             assert set(counts) == set(spec.choices) and max(counts.values()) - min(counts.values()) <= 1, (
@@ -413,3 +414,91 @@ def test_write_suite_writes_once_atomically_and_redoes_a_cut_run(tmp_path):
     assert not stamp.exists()  # a cut run leaves no stamp: the next call writes it all again
     write_suite(stamp, {"version": 2}, manifests, make)
     assert calls[-2:] == ["train", "test"] and json.loads(stamp.read_text()) == {"version": 2}
+
+
+# ---- conversations: the last question needs the earlier turns ------------------------------------
+@pytest.fixture(scope="module")
+def chat_suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth_chat")
+    cfg = SynthConfig(train_per_task=40, val_per_task=0, test_per_task=8, image_size=48, tasks=["chat"])
+    synthesize(root, cfg)
+    return root, cfg
+
+
+def _turns(rec: dict) -> list[dict]:
+    """A conversation record -> [{"user": [segments], "reply": text}, ...]."""
+    turns = []
+    for s in rec["segments"]:
+        if s["type"] == "turn":
+            if s["turn"] == "user":
+                turns.append({"user": [], "reply": None})
+            continue
+        if s.get("role") == "target":
+            turns[-1]["reply"] = s["text"]
+        else:
+            turns[-1]["user"].append(s)
+    return turns
+
+
+def test_chat_replies_match_the_images_and_the_last_one_follows_from_them(chat_suite):
+    """Read back from the pixels: the circles counted and the colour of each turn's image; the last
+    reply is the comparison of the two earlier ones."""
+    from anymodal.data.synthetic import COLOURS
+
+    root, _ = chat_suite
+    for rec in _records(root, "train") + _records(root, "test"):
+        t1, t2, t3 = _turns(rec)
+        assert t3["user"] == [{"type": "text", "text": TASKS[rec["task"]].question}]  # no media in the last turn
+        assert t3["reply"] == rec["answer"] in rec["choices"]
+        pixels = [_png(root / t["user"][1]["path"]) for t in (t1, t2)]
+        if rec["task"] == "chat.more_circles":
+            counts = [_blobs(_foreground(px)) for px in pixels]
+            assert [t1["reply"], t2["reply"]] == [str(n) for n in counts], rec["id"]
+            assert rec["answer"] == ("first" if counts[0] > counts[1] else "second"), rec["id"]
+        else:
+            seen = [min(COLOURS, key=lambda c: np.abs(px[_foreground(px)].mean(0) - COLOURS[c]).sum()) for px in pixels]
+            assert [t1["reply"], t2["reply"]] == seen, rec["id"]
+            assert rec["answer"] == ("yes" if seen[0] == seen[1] else "no"), rec["id"]
+
+
+def _best_guess(recs: list[dict], key) -> float:
+    """Accuracy of the best predictor of the answer from ``key(record)`` alone (the majority answer
+    of each key value), measured on ``recs``."""
+    by_key: dict = {}
+    for r in recs:
+        by_key.setdefault(key(r), Counter())[r["answer"]] += 1
+    return sum(max(c.values()) for c in by_key.values()) / len(recs)
+
+
+def test_chat_answer_is_not_predictable_from_the_last_turn_alone(chat_suite):
+    """Measured on the generated data: within a task the last turn is the same words for every
+    sample and the answers are balanced, so the best guess from the last turn alone is chance
+    (0.5); one earlier turn alone helps only at the extremes of a count (1 circle: the other
+    image has more), both together give the answer always."""
+    root, _ = chat_suite
+    for task in TASK_GROUPS["chat"]:
+        recs = _records(root, "train", task)
+        assert len(recs) == 40
+        assert _best_guess(recs, lambda r: json.dumps(_turns(r)[-1]["user"])) == 0.5
+        for k in (0, 1):
+            assert _best_guess(recs, lambda r, k=k: _turns(r)[k]["reply"]) <= 0.9, (task, k)
+        assert _best_guess(recs, lambda r: (_turns(r)[0]["reply"], _turns(r)[1]["reply"])) == 1.0
+
+
+def test_chat_record_is_asked_its_last_turn_with_the_history():
+    """The question an evaluation asks of a conversation: every turn up to the last reply, the
+    earlier replies kept as history (no label), the last one the answer."""
+    from anymodal.data.manifest import parse_line
+
+    rec = {"id": "c", "task": "chat.more_circles", "answer": "first", "choices": ["first", "second"],
+           "segments": [{"type": "turn", "turn": "user"}, {"type": "text", "text": "How many?"},
+                        {"type": "turn", "turn": "assistant"}, {"type": "text", "text": "2", "role": "target"},
+                        {"type": "turn", "turn": "user"}, {"type": "text", "text": "More?"},
+                        {"type": "turn", "turn": "assistant"}, {"type": "text", "text": "first", "role": "target"}]}
+    r = parse_line(json.dumps(rec), "m.jsonl", 1, Path("."))
+    prompt = r.prompt()
+    assert [(s.modality, s.data, s.role) for s in prompt] == [
+        ("turn", "user", "prompt"), ("text", "How many?", "prompt"), ("turn", "assistant", "prompt"),
+        ("text", "2", "prompt"), ("turn", "user", "prompt"), ("text", "More?", "prompt"),
+        ("turn", "assistant", "prompt")]
+    assert r.segments[3].role == "target"  # the record itself keeps its targets (the loss of training)

@@ -46,6 +46,7 @@ modality 'imus' (model has [...])``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -70,13 +71,27 @@ class Record:
     source: str = ""
 
     def prompt(self) -> list[Segment]:
-        """The segments before the first target (what a model is asked)."""
+        """The segments before the first target (what a model is asked).
+
+        A conversation (a record with turns) is asked its last assistant turn: the prompt is the
+        whole history up to that turn's begin marker, earlier replies as history
+        (``role="prompt"``), so a follow-up question comes with the turns it refers to."""
+        assistant = [i for i, s in enumerate(self.segments) if s.modality == "turn" and s.data == "assistant"]
+        if assistant:
+            return [_as_history(s) if s.role == "target" else s for s in self.segments[:assistant[-1] + 1]]
         out = []
         for s in self.segments:
             if s.role == "target":
                 break
             out.append(s)
         return out
+
+
+def _as_history(seg: Segment) -> Segment:
+    """A copy of an earlier reply as part of the history a question is asked with (no label)."""
+    seg = copy.copy(seg)
+    seg.role = "prompt"
+    return seg
 
 
 def _check_segment(s: object, k: int) -> None:

@@ -150,6 +150,10 @@ def _missing_tokenizers(model: "AnyModal", task: Task) -> list[str]:
             if key in seen:
                 continue
             seen.add(key)
+            if seg.modality == "turn":  # a conversation's turn: the chat template writes it, no tokenizer
+                if not model.vocab.chat_template:
+                    missing.append("turn (it has no chat template: model.arch.chat_template)")
+                continue
             try:
                 model.vocab.tokenizer_for(seg)
             except KeyError:

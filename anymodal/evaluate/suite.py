@@ -27,7 +27,7 @@ from anymodal.evaluate.tasks import Example, Task, TaskContext, TaskUnavailable,
 
 # the suite's group name -> the kind shown in reports when the task is absent (present tasks
 # take their kind from their prompts: cross.more_circles is multi-image, the other cross-modal)
-_GROUP_KIND = {"image": "image", "video": "video", "audio": "audio", "cross": "cross-modal"}
+_GROUP_KIND = {"image": "image", "video": "video", "audio": "audio", "cross": "cross-modal", "chat": "conversation"}
 
 
 def _split_manifest(name: str, ctx: TaskContext, what: str):
@@ -52,7 +52,8 @@ def _suite_task(name: str, ctx: TaskContext) -> Task:
         raise TaskUnavailable(name, f"not in {path}")
     mc = all(len(e.choices) >= 2 for e in examples)
     return Task(name, examples, ["choice", "exact_match"] if mc else ["exact_match"], split=ctx.split,
-                description=qa.TASKS[name].question, source=str(path))
+                description=qa.TASKS[name].question, source=str(path),
+                kind=_GROUP_KIND["chat"] if qa.TASKS[name].turns else "")  # else: from the prompts
 
 
 def _register_suite() -> None:
@@ -60,8 +61,9 @@ def _register_suite() -> None:
     for name, spec in qa.TASKS.items():
         group = group_of.get(name, "")  # cross.same_count is in no group: its kind from its prefix
         kind = _GROUP_KIND.get(group or name.split(".")[0], group)
-        register_task(name, kind=kind, description=spec.question,
-                      chance=1.0 / len(spec.choices), groups=("synth", group) if group else ())(
+        # conversations (group chat) need a model with a chat template, which the demo's has not: not in synth
+        groups = ("synth", group) if group and not spec.turns else (group,) if group else ()
+        register_task(name, kind=kind, description=spec.question, chance=1.0 / len(spec.choices), groups=groups)(
             partial(_suite_task, name))
 
 

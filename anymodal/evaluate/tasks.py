@@ -69,7 +69,7 @@ class Example:
 def prompt_kind(segments: Sequence[Segment]) -> str:
     """What a prompt holds: ``text``, ``image``, ``video``, ``audio``, ``multi-image`` (several
     media of one kind) or ``cross-modal`` (media of several kinds)."""
-    media = [s.modality for s in segments if s.modality != "text"]
+    media = [s.modality for s in segments if s.modality not in ("text", "turn")]  # turns: a conversation's roles
     if not media:
         return "text"
     if len(set(media)) > 1:

@@ -117,12 +117,16 @@ def _expand_kv(k: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # ---- eager and sdpa -----------------------------------------------------------------------------
-def eager_attention(q, k, v, mask: MaskInfo) -> torch.Tensor:
-    """Reference: ``softmax(q k^T / sqrt(d) + mask) v`` written out. q: (B, H, Tq, hd)."""
+def eager_attention(q, k, v, mask: MaskInfo, record: list | None = None) -> torch.Tensor:
+    """Reference: ``softmax(q k^T / sqrt(d) + mask) v`` written out. q: (B, H, Tq, hd).
+    ``record``: a list the (B, H, Tq, Tk) fp32 probabilities are appended to (attention maps)."""
     k, v = _expand_kv(k, q.shape[1]), _expand_kv(v, q.shape[1])
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
     scores = scores.masked_fill(~mask.dense(), float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+    probs = torch.softmax(scores.float(), dim=-1)
+    if record is not None:
+        record.append(probs.detach())
+    return probs.to(q.dtype) @ v
 
 
 def sdpa_attention(q, k, v, mask: MaskInfo) -> torch.Tensor:

@@ -9,6 +9,7 @@ positions (Qwen2-VL), one LM head over the unified vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anymodal.constants import IGNORE
-from anymodal.model.attention import MaskInfo, attention, resolve_backend
+from anymodal.model.attention import MaskInfo, attention, eager_attention, resolve_backend
 from anymodal.model.config import ModelConfig
 from anymodal.model.cpu_kernels import RMSNormCPU, RotaryCPU
 
@@ -130,6 +131,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        #: set by :func:`record_attention`: each forward then appends its (B, H, Tq, Tk) probabilities
+        self.recorded: list[torch.Tensor] | None = None
 
     def forward(self, x, cos, sin, mask: MaskInfo, backend: str, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -143,7 +146,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd) views
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        y = attention(q, k, v, mask, backend)  # (B, H, T, hd)
+        if self.recorded is None:
+            y = attention(q, k, v, mask, backend)  # (B, H, T, hd)
+        else:  # attention maps (anymodal.explain): the eager reference, which has the probabilities
+            y = eager_attention(q, k, v, mask, record=self.recorded)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -270,6 +276,28 @@ class AnyModalTransformer(nn.Module):
             cache.length += batch.ids.shape[1]
         h = self.norm(h)
         return h if return_hidden else self.head(h)
+
+
+@contextlib.contextmanager
+def record_attention(model: AnyModalTransformer):
+    """Inside the block, every attention layer runs the eager reference (same mask rule, same
+    values up to rounding) and keeps its probabilities. Yields one list per layer, each holding a
+    (B, H, Tq, Tk) fp32 tensor per forward pass. Off by default: outside the block, attention pays
+    one ``is None`` test per layer.
+
+    >>> with record_attention(net) as probs:          # doctest: +SKIP
+    ...     net(batch)
+    >>> probs[-1][0].shape                             # doctest: +SKIP
+    torch.Size([1, 4, 57, 57])
+    """
+    layers = [b.attn for b in model.blocks]
+    for a in layers:
+        a.recorded = []
+    try:
+        yield [a.recorded for a in layers]
+    finally:
+        for a in layers:
+            a.recorded = None
 
 
 # ---- loss -------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def create_app(model, config: ServeConfig | None = None, limits: ServeLimits | N
     async def chat(request):
         try:
             check_key(request)
-            req = parse_chat_request(await read_json(request), limits)
+            req = parse_chat_request(await read_json(request), limits, chat=bool(model.vocab.chat_template))
             prep = await asyncio.to_thread(engine.prepare, req)
             settings = generate_settings(prep.max_tokens, req.temperature, req.top_p, req.top_k, req.seed)
             job = Job(prep.prompt, settings, asyncio.get_running_loop())

@@ -43,6 +43,8 @@ class Engine:
 
         if isinstance(item, str):
             return am.Text(item)
+        if isinstance(item, am.Turn):  # a chat model's turn (protocol.messages_to_prompt with chat=True)
+            return item
         if item.modality not in self.reads:
             raise RequestError(400, f"this model has no {item.modality} tokenizer (it reads {', '.join(self.reads)})",
                                item.param)
@@ -62,6 +64,10 @@ class Engine:
         segs, n = [], 1  # <bos>
         for item in req.parts:
             seg = self._segment(item)
+            if seg.modality == "turn":  # its begin and end markers (the reply's turn: an end to spare)
+                n += sum(len(self.model.builder.turn_ids(seg, edge)[0]) for edge in ("begin", "end"))
+                segs.append(seg)
+                continue
             try:  # a segment's tokens in a stream of its own, less that stream's <bos>
                 n += len(build([seg], add_eos=False, cfg_dropout=False)) - 1
             except MediaError as e:

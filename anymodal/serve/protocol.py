@@ -17,9 +17,12 @@ Content parts read (OpenAI names, plus one extension):
 Only ``data:`` URLs are accepted: the server fetches nothing and never opens a client-named
 file, so a request cannot make it read ``/etc/passwd`` or call an internal address.
 
-Chat template: the model's own one would go in :func:`messages_to_prompt`; none exists yet, so
-messages are interleaved plainly -- each message's parts in order, a newline between messages,
-roles dropped. A single user message therefore gives exactly ``model.generate(parts)``.
+Chat template: a model trained with one (``model.arch.chat_template``) gets each message as a
+turn, as :func:`anymodal.chat.chat_prompt` builds them from HF-style messages: a
+:class:`~anymodal.segments.Turn` of its role before its parts (``developer`` is ``system``), then
+an open assistant turn for the reply, so the model sees its role tokens. A model without one gets
+the messages interleaved plainly -- each message's parts in order, a newline between messages,
+roles dropped; a single user message then gives exactly ``model.generate(parts)``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from anymodal.segments import Turn
 
 ROLES = ("system", "developer", "user", "assistant")
 AUDIO_FORMATS = ("wav", "mp3")
@@ -164,15 +169,21 @@ def _part(part: Any, param: str, limits: ServeLimits) -> Any:
     raise RequestError(400, f"unknown content part type {kind!r}; use one of {list(PART_TYPES)}", f"{param}.type")
 
 
-def messages_to_prompt(messages: Any, limits: ServeLimits) -> list[Any]:
-    """Messages -> interleaved parts (strings and :class:`MediaPart`), plain interleaving (see module doc)."""
+def messages_to_prompt(messages: Any, limits: ServeLimits, chat: bool = False) -> list[Any]:
+    """Messages -> interleaved parts (strings and :class:`MediaPart`; with ``chat``, the model has a
+    chat template, also a :class:`~anymodal.segments.Turn` before each message and an open assistant
+    turn at the end); without ``chat``, plain interleaving (see the module doc).
+
+    >>> messages_to_prompt([{"role": "user", "content": "hi"}], ServeLimits(), chat=True)
+    [Turn('user'), 'hi', Turn('assistant')]
+    """
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "expected a non-empty list of messages", "messages")
     if len(messages) > limits.max_messages:
         raise RequestError(400, f"{len(messages)} messages, more than this server's {limits.max_messages}",
                            "messages")
     parts: list[Any] = []
-    n_media = 0
+    n_media, last_role = 0, None
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -187,7 +198,10 @@ def messages_to_prompt(messages: Any, limits: ServeLimits) -> list[Any]:
             content = [{"type": "text", "text": content}]
         if not isinstance(content, list):
             raise RequestError(400, "content must be a string or a list of content parts", f"{param}.content")
-        if parts:  # messages are separated by a newline (no chat template yet)
+        if chat:  # the turns of anymodal.chat.chat_prompt
+            parts.append(Turn("system" if role == "developer" else role))
+            last_role = role
+        elif parts:  # no chat template: messages are separated by a newline
             parts.append("\n")
         for j, part in enumerate(content):
             item = _part(part, f"{param}.content[{j}]", limits)
@@ -197,6 +211,8 @@ def messages_to_prompt(messages: Any, limits: ServeLimits) -> list[Any]:
                     raise RequestError(400, f"more than {limits.max_media} media parts in one request",
                                        f"{param}.content[{j}]")
             parts.append(item)
+    if chat and parts and last_role != "assistant":
+        parts.append(Turn("assistant"))  # the reply's turn (a last assistant message is continued)
     return parts
 
 
@@ -211,8 +227,9 @@ def _number(body: dict, key: str, lo: float, hi: float, default: Any, integer: b
     return v
 
 
-def parse_chat_request(body: Any, limits: ServeLimits) -> ChatRequest:
+def parse_chat_request(body: Any, limits: ServeLimits, chat: bool = False) -> ChatRequest:
     """Check a ``/v1/chat/completions`` body; raise :class:`RequestError` naming the first bad field.
+    ``chat``: the model has a chat template (see :func:`messages_to_prompt`).
 
     >>> req = parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
     ...                          ServeLimits())
@@ -221,8 +238,8 @@ def parse_chat_request(body: Any, limits: ServeLimits) -> ChatRequest:
     """
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
-    parts = messages_to_prompt(body.get("messages"), limits)
-    if not parts:
+    parts = messages_to_prompt(body.get("messages"), limits, chat)
+    if not any(not isinstance(p, Turn) for p in parts):
         raise RequestError(400, "the messages hold no content", "messages")
     if body.get("n") not in (None, 1):
         raise RequestError(400, "only n=1 is supported", "n")

@@ -9,7 +9,9 @@ MP4 and WAV files that go through the same decoders a user's data go through:
   (:func:`synthesize_captions`);
 - :mod:`~anymodal.data.synthetic.generation`: text -> image, text -> audio and image -> audio
   targets (:func:`synthesize_gen`), scored by :mod:`anymodal.evaluate.checks`;
-- :mod:`~anymodal.data.synthetic.probe`: the POPE-style hallucination probe (:func:`write_probe`).
+- :mod:`~anymodal.data.synthetic.probe`: the POPE-style hallucination probe (:func:`write_probe`);
+- :mod:`~anymodal.data.synthetic.dialogue`: three-turn conversations whose last question needs the
+  earlier turns (the ``chat`` group of the QA suite; ``recipes/chat.yaml`` trains them).
 
 They share the drawing helpers (:mod:`~anymodal.data.synthetic.draw`), the sound helpers
 (:mod:`~anymodal.data.synthetic.sound`) and one writer, :func:`write_suite` (each split's media,
