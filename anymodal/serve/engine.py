@@ -90,8 +90,7 @@ class Engine:
         if seg.modality == "text":
             return int(vocab.text.encode(seg).ids.numel())
         tok = vocab.tokenizers[vocab.index[seg.tokenizer]] if seg.tokenizer in vocab.index else None
-        n = getattr(tok, "fixed_length", None) if tok is not None else None
-        return (n or 0) + 2
+        return ((tok.fixed_length or 0) if tok is not None else 0) + 2
 
     @staticmethod
     def content_part(seg) -> dict:
