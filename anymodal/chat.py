@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from anymodal.generate import (GenerationOutput, Placement, _check_sampling, _Constraints, _reserve, _Row, _sample,
+from anymodal.generate import (GenerationOutput, Placement, _check_sampling, _Constraints, _Row, _sample,
                                _Segmenter)
 from anymodal.model import KVCache
 from anymodal.packing import Batch, pad
@@ -146,7 +146,7 @@ class Conversation:
         if self.use_cache:
             if self._cache is None:
                 self._cache = KVCache(model.config, 1, max(256, 2 * n), dev, model.model.embed.weight.dtype)
-            _reserve(self._cache, self._cache.length + n)
+            self._cache.reserve(self._cache.length + n)
             logits = model.model(b, cache=self._cache)[0, -1]
             self.tokens_processed += n
         else:

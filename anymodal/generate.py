@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from anymodal.model import KVCache
 from anymodal.packing import Batch, collate_rows
@@ -159,19 +158,6 @@ def _left_pad(streams, pad_id: int) -> Batch:
 def _cat(a: Batch, b: Batch) -> Batch:
     kw = {n: torch.cat([getattr(a, n), getattr(b, n)], dim=-1) for n in _token_fields(a)}
     return Batch(**kw, vectors=a.vectors)
-
-
-def _reserve(cache: KVCache, n: int) -> None:
-    """Room for ``n`` cached tokens: the buffers double when full (amortised O(1) per token), so
-    memory follows what is generated, not what ``max_new_tokens`` allows."""
-    if n <= cache.max_len:
-        return
-    grow = max(n, 2 * cache.max_len) - cache.max_len
-    cache.k = [F.pad(k, (0, 0, 0, grow)) for k in cache.k]  # (B, kv_heads, T, hd): pad T
-    cache.v = [F.pad(v, (0, 0, 0, grow)) for v in cache.v]
-    cache.doc = F.pad(cache.doc, (0, grow), value=-2)  # -2: no document, masked out
-    cache.span = F.pad(cache.span, (0, grow))
-    cache.max_len += grow
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -545,7 +531,7 @@ class _Decoder:
             rows = [_Row(v, media, cursor=int(s.pos.max()) + 1, index=len(s), n_span=int(s.span.max()))
                     for s in self.streams]
             cache = None
-            if self.use_cache:  # sized for a short reply; _reserve grows it as tokens come
+            if self.use_cache:  # sized for a short reply; KVCache.reserve grows it as tokens come
                 cache = KVCache(model.config, R, T0 + min(self.budget, 256), dev, model.model.embed.weight.dtype)
             logits = model.model(full, cache=cache)[:, -1]  # (R, V)
             segmenters = [_Segmenter(v) for _ in range(B)]
@@ -572,7 +558,7 @@ class _Decoder:
                     break  # nothing left to sample: skip the last forward
                 step_batch = self._step_batch(placed, rows, ids)
                 if self.use_cache:
-                    _reserve(cache, cache.length + 1)
+                    cache.reserve(cache.length + 1)
                     logits = model.model(step_batch, cache=cache)[:, -1]
                 else:
                     full = _cat(full, step_batch)

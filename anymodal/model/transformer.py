@@ -104,6 +104,18 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` cached tokens: the buffers double when full (amortised O(1) per token), so
+        memory follows what is generated, not what a generation budget allows."""
+        if n <= self.max_len:
+            return
+        grow = max(n, 2 * self.max_len) - self.max_len
+        self.k = [F.pad(k, (0, 0, 0, grow)) for k in self.k]  # (B, kv_heads, T, hd): pad T
+        self.v = [F.pad(v, (0, 0, 0, grow)) for v in self.v]
+        self.doc = F.pad(self.doc, (0, grow), value=-2)  # -2: no document, masked out
+        self.span = F.pad(self.span, (0, grow))
+        self.max_len += grow
+
     def extend_mask(self, doc: torch.Tensor, span: torch.Tensor, bidir: torch.Tensor) -> MaskInfo:
         s, e = self.length, self.length + doc.shape[1]
         if e > self.max_len:
