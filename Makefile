@@ -10,7 +10,7 @@ EXTRAS ?= dev,video,codec,hf,eval
 PYTEST_ARGS ?=
 RUN ?= runs/demo
 
-.PHONY: install test test-fast demo bench gpu-check docs lock clean
+.PHONY: install test test-fast demo results bench gpu-check docs lock clean
 
 install: $(STAMP)
 
@@ -36,6 +36,14 @@ demo: install
 	$(BIN)/anymodal eval --model $(RUN)/export --data $(RUN)/data --tasks synth --out $(RUN)/eval --quiet && \
 	$(PY) examples/interleaved_inference.py $(RUN)/export $(RUN)/data && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; checkpoint, logs and report under $(RUN)/"
+
+# every documented result, regenerated: each chain of commands the docs give (the demo, the two
+# stages from an LM, any-to-any, chat), 3 seeds each -> docs/results.md + docs/results.json, which
+# the docs include (tests/test_results.py: a page may not state a number the table lacks).
+# RESULTS_ARGS="--chains stages --seeds 0": a part (--merge keeps the other chains); --tiny: CI size
+RESULTS_ARGS ?=
+results: install
+	$(PY) scripts/results.py $(RESULTS_ARGS)
 
 # every benchmark (attention backends, training vs HF Llama, packing, MFU, decoding) -> benchmarks/RESULTS.md;
 # <= 15 min on 2 quiet cores; needs transformers (the peer). BENCH_QUICK=1: tiny shapes, a smoke run
