@@ -20,6 +20,7 @@ import torch.nn as nn
 from anymodal.generate import GenerationOutput, generate
 from anymodal.integrity import sha256_file, verify_file
 from anymodal.model import AnyModalTransformer, ModelConfig
+from anymodal.model.resampler import check_resampled_tokenizers, resample_specs
 from anymodal.packing import Batch, pack, pad
 from anymodal.stream import StreamBuilder, build_tokenizers
 from anymodal.tokenizers.registry import check_model_tokenizers, plugin_record
@@ -37,9 +38,12 @@ def _spec(spec: dict | str) -> dict:
 
 class AnyModal(nn.Module):
     """An early-fusion model: ``tokenizers`` (specs, in order) fix the unified vocabulary;
-    ``config`` the decoder shape (its ``vocab_size`` and ``continuous_inputs`` are derived).
+    ``config`` the decoder shape (its ``vocab_size``, ``continuous_inputs`` and ``resamplers`` are
+    derived). A continuous tokenizer's spec may carry ``resample: {queries: N, layers: L}``: its
+    items then become N learned-query tokens each (:mod:`anymodal.model.resampler`).
 
     >>> model = AnyModal(["text.bytes", {"name": "image.patch", "patch_size": 8}], debug())
+    >>> small = AnyModal(["text.bytes", {"name": "image.patch", "resample": {"queries": 4}}], debug())
     """
 
     def __init__(self, tokenizers: Sequence[dict | str], config: ModelConfig | None = None,
@@ -47,12 +51,19 @@ class AnyModal(nn.Module):
         super().__init__()
         self.tokenizer_specs = [_spec(s) for s in tokenizers]
         cfg = ModelConfig(**asdict(config)) if config is not None else ModelConfig()
-        self.builder = StreamBuilder(build_tokenizers(self.tokenizer_specs), loss_weights,
+        # a spec's resample: option gives that tokenizer's spans a learned-query resampler in the model
+        resample = resample_specs(self.tokenizer_specs)
+        tokenizers = build_tokenizers(self.tokenizer_specs)
+        check_resampled_tokenizers(tokenizers, resample)
+        self.builder = StreamBuilder(tokenizers, loss_weights,
                                      max_grid=cfg.max_grid if cfg.media_pos_embed else None,
-                                     chat_template=cfg.chat_template)
+                                     chat_template=cfg.chat_template,
+                                     resample={n: r["queries"] for n, r in resample.items()})
         vocab = self.builder.vocab
         cfg.vocab_size = vocab.size
         cfg.continuous_inputs = {t.name: t.input_dim for t in vocab.tokenizers if t.kind == "continuous"}
+        cfg.resamplers = resample
+        cfg = ModelConfig(**asdict(cfg))  # validates the resamplers against the decoder's shape
         self.config = cfg
         self.model = AnyModalTransformer(
             cfg, {t.name: vocab.index[t.name] for t in vocab.tokenizers if t.kind == "continuous"})

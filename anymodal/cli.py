@@ -165,7 +165,7 @@ def _cmd_generate(args) -> None:
             print(f"(no output: {_why_empty(model, out)})")
         return
     for i, seg in enumerate(out.segments):
-        ext = {"text": "txt", "image": "png", "audio": "wav"}.get(seg.modality, "bin")
+        ext = {"text": "txt", "image": "png", "audio": "wav", "video": "mp4"}.get(seg.modality, "bin")
         p = seg.save(Path(args.out) / f"{i:02d}_{seg.modality}.{ext}")
         print(f"wrote {p}")
     if not out.segments:

@@ -33,6 +33,17 @@ layout), so the map is a (t, h, w) tensor: (1, rows, cols) over an image's patch
 rows, cols) over a video's tubelets, (patches, 1, 1) over an audio clip's time patches.
 :meth:`Explanation.save` stretches the grid over the medium (image patch tokenizers resize the
 whole image to the grid, so patch (r, c) covers rows ``r/rows .. (r+1)/rows`` of the picture).
+
+Through a resampler (a tokenizer with ``resample:``, :mod:`anymodal.model.resampler`) the span's
+tokens are N learned queries, not patches. The map goes back to the tokenizer's inputs through
+the resampler's own attention, by the same rollout rule: per resampler layer, the head-mean
+attention of the queries over [inputs; queries] with the residual added (``0.5 A + 0.5 I``) gives
+each query's input attribution ``C_l = Ã_inputs + Ã_queries C_{l-1}`` (``C_0 = 0``: a learned
+query holds no input before the first layer), rows renormalised to 1
+(:meth:`~anymodal.model.resampler.Resampler.attribution`). An input's mass is then the sum over
+queries of the query's mass times that share (``MediaMap.per_token = queries @ attribution``),
+so the span's total mass, ``share()``, is the queries' total and every map above (heat map, peak,
+drawing) is over the patches, tubelets or time patches as without a resampler.
 """
 
 from __future__ import annotations
@@ -101,6 +112,11 @@ class MediaMap:
 
     ``per_token``: (n_answer_tokens, n) mass on each of the span's n tokens for each answer token;
     ``cells``: (n, 3) the (t, h, w) grid cell of each token; ``grid``: the grid's size.
+
+    A resampled span (:mod:`anymodal.model.resampler`) is mapped back to the tokenizer's n input
+    vectors (patches, tubelets, time patches): ``queries`` holds the (n_answer_tokens, N) mass on
+    its N query tokens and ``attribution`` the resampler's (N, n) query-to-input shares, so
+    ``per_token = queries @ attribution`` (see the module docstring).
     """
 
     segment: Segment
@@ -109,6 +125,8 @@ class MediaMap:
     cells: torch.Tensor
     grid: tuple[int, int, int]
     vectors: torch.Tensor | None = field(default=None, repr=False)  # what a continuous tokenizer fed in
+    queries: torch.Tensor | None = field(default=None, repr=False)  # resampled span: mass on its queries
+    attribution: torch.Tensor | None = field(default=None, repr=False)  # resampled span: (N, n)
 
     @property
     def modality(self) -> str:
@@ -233,20 +251,43 @@ def explain(model: AnyModal, prompt: Any, answer: str | None = None, *, rule: st
     rows = aggregate(probs, queries, rule, layers)  # (n_answer, T)
     token_probs = torch.softmax(logits[0, queries].float(), -1).gather(1, answer_ids[:, None].to(logits.device))
     maps = []
+    owner = [vocab.tokenizers[int(full.modality[(full.span == j).nonzero()[0, 0]])].name
+             for j in range(1, len(media) + 1)]  # the tokenizer of each span
     for k, seg in enumerate(media, start=1):
         at = (full.span == k).nonzero().squeeze(1)
         tok = vocab.tokenizers[int(full.modality[at[0]])]
         cells = full.grid[:, at].T.contiguous()  # (n, 3) local (t, h, w)
-        grid = tuple(int(c) + 1 for c in cells.max(0).values)
-        vec = None
-        if tok.kind == "continuous":  # this span's rows of the tokenizer's side tensor
-            before = sum(int((full.span == j).sum()) for j in range(1, k)
-                         if vocab.tokenizers[int(full.modality[(full.span == j).nonzero()[0, 0]])].name == tok.name)
+        per_token, vec, queries, attribution = rows[:, at], None, None, None
+        if tok.name in builder.resample:  # the span's tokens are queries: map them back to the inputs
+            item = owner[:k - 1].count(tok.name)  # this span's item among the tokenizer's
+            vec, cells, attribution = _resampled_item(net, full, tok.name, item)
+            queries, per_token = per_token, per_token @ attribution  # (n_answer, N) @ (N, M) -> (n_answer, M)
+        elif tok.kind == "continuous":  # this span's rows of the tokenizer's side tensor
+            before = sum(int((full.span == j).sum()) for j in range(1, k) if owner[j - 1] == tok.name)
             vec = full.vectors[tok.name][before:before + len(at)]
-        maps.append(MediaMap(seg, tok, rows[:, at], cells, grid, vec))
+        grid = tuple(int(c) + 1 for c in cells.max(0).values)
+        maps.append(MediaMap(seg, tok, per_token, cells, grid, vec, queries, attribution))
     text = vocab.text
     tokens = [text.decode(torch.tensor([int(i) - vocab.offset[text.name]])) for i in answer_ids]
     return Explanation(segs, answer, tokens, token_probs[:, 0].cpu(), maps, rule)
+
+
+def _resampled_item(net, full, name: str, item: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``item``-th resampled item of tokenizer ``name`` in the stream: its input vectors (M, D),
+    their (t, h, w) cells (M, 3) and the resampler's query-to-input attribution (N, M)."""
+    from anymodal.constants import GRID_SUFFIX
+    from anymodal.model.resampler import item_lengths
+    from anymodal.model.transformer import _key
+
+    coords = full.vectors[name + GRID_SUFFIX]
+    lengths = item_lengths(coords)
+    start = sum(lengths[:item])
+    sl = slice(start, start + lengths[item])
+    vec, cells = full.vectors[name][sl], coords[sl]
+    dev = net.embed.weight.device
+    x = net.input_proj[_key(name)](vec.to(dev, net.embed.weight.dtype))
+    attribution = net.resamplers[_key(name)].attribution(x, cells.to(dev))[0].cpu()
+    return vec, cells.contiguous(), attribution
 
 
 # ---- does a map mean something? ---------------------------------------------------------------

@@ -19,7 +19,9 @@ from anymodal.stream import IGNORE, Stream
 @dataclass
 class Batch:
     """Model input for B rows of T tokens. ``pos``: (B, 3, T); others (B, T); ``vectors``: name ->
-    (N, D) in row-major order of the positions whose modality is that tokenizer."""
+    (N, D) in row-major order of the positions whose modality is that tokenizer. A resampled
+    tokenizer's vectors are its items' inputs instead (M, D), in the same order, with their (t, h, w)
+    coordinates in ``vectors[name + "@grid"]`` (:mod:`anymodal.model.resampler`)."""
 
     ids: torch.Tensor
     modality: torch.Tensor

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from anymodal.constants import IGNORE  # defined there, so that the model need not import the stream
+from anymodal.constants import GRID_SUFFIX, IGNORE, RESAMPLE_KEY  # there: the model need not import the stream
 from anymodal.segments import Segment, to_segments
 from anymodal.tokenizers import ModalityTokenizer, create_tokenizer
 
@@ -48,10 +48,14 @@ CHAT_TEMPLATES: dict[str, dict[str, tuple[str, str]] | None] = {
 
 
 def build_tokenizers(specs: Sequence[dict | str]) -> list[ModalityTokenizer]:
-    """``[{"name": "text.bytes"}, {"name": "image.patch", "patch_size": 8}]`` -> tokenizers."""
+    """``[{"name": "text.bytes"}, {"name": "image.patch", "patch_size": 8}]`` -> tokenizers.
+
+    A spec's ``resample:`` option configures the model's resampler of that tokenizer
+    (:mod:`anymodal.model.resampler`), not the tokenizer, so it is not passed to it."""
     toks = []
     for spec in specs:
         spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        spec.pop(RESAMPLE_KEY, None)
         name = spec.pop("name", None)
         if not name:
             raise ValueError(f"tokenizer spec {spec} has no 'name'")
@@ -235,11 +239,26 @@ class StreamBuilder:
     of a sample whose target holds one of its media with that probability, so the model also
     learns the unconditional distribution that guided generation subtracts. The draws come from
     ``self.rng`` (seeded); a data loader that caches built streams keeps each sample's draw.
+
+    ``resample`` maps continuous tokenizer names to the number of learned queries their items
+    become (:mod:`anymodal.model.resampler`): such a span reserves that many positions, laid out as
+    a sequence (M-RoPE advances t, h and w together; query k's media position is (k, 0, 0)) and
+    bidirectional, while the item's vectors and their (t, h, w) coordinates ride in the side
+    tensors ``vectors[name]`` and ``vectors[name + GRID_SUFFIX]``.
     """
 
     def __init__(self, tokenizers: Sequence[ModalityTokenizer], loss_weights: dict[str, float] | None = None,
-                 seed: int = 0, max_grid: int | None = None, chat_template: str | None = None):
+                 seed: int = 0, max_grid: int | None = None, chat_template: str | None = None,
+                 resample: dict[str, int] | None = None):
         self.vocab = Vocabulary(tokenizers, chat_template)
+        self.resample = dict(resample or {})
+        for name, q in self.resample.items():
+            tok = self.vocab.tokenizers[self.vocab.index[name]] if name in self.vocab.index else None
+            if tok is None or tok.kind != "continuous":
+                raise ValueError(f"tokenizer {name!r} is {tok.kind if tok else 'not in the model'}: resample: applies "
+                                 f"only to continuous tokenizers (vectors); remove resample from its spec")
+            if isinstance(q, bool) or not isinstance(q, int) or q < 1:
+                raise ValueError(f"tokenizer {name!r}: resample.queries must be an int >= 1, got {q!r}")
         #: (speaker, "begin"|"end") -> (marker ids, modality index) of the chat template's turn markers
         self.turn_markers = _turn_markers(self.vocab)
         #: the model's bound on a token's (t, h, w) inside its span (``model.arch.max_grid``; None: no bound)
@@ -269,7 +288,8 @@ class StreamBuilder:
                 n += sum(len(self.turn_ids(seg, edge)[0]) for edge in ("begin", "end"))
                 continue
             tok = self.vocab.tokenizer_for(seg)
-            n += tok.num_tokens(seg) + (2 if tok.modality != "text" else 0)
+            n += self.resample.get(tok.name) or tok.num_tokens(seg)
+            n += 2 if tok.modality != "text" else 0
         return n
 
     def build(self, sample: Iterable, add_eos: bool = True, cfg_dropout: bool = True) -> Stream:
@@ -332,21 +352,30 @@ class StreamBuilder:
                 continue
             add_seq(torch.tensor([v.begin[tok.name]]), v.special_modality, trainable)
             n = len(block)
+            if self.max_grid is not None:
+                _check_span_grid(tok, seg, block.grid, n, self.max_grid)
+            queries = self.resample.get(tok.name)
             if block.is_discrete:
                 ids.append(block.ids + v.offset[tok.name])
+            elif queries is not None:  # the item's vectors go to the resampler; its queries hold the span
+                if n == 0:
+                    raise ValueError(f"{seg.source}: tokenizer {tok.name!r} emitted no vectors to resample")
+                vectors.setdefault(tok.name, []).append(block.vectors.float())
+                vectors.setdefault(tok.name + GRID_SUFFIX, []).append(span_layout(block.grid, n, 0)[1].T)
+                n = queries
+                ids.append(torch.full((n,), v.pad))
             else:
                 ids.append(torch.full((n,), v.pad))
                 vectors.setdefault(tok.name, []).append(block.vectors.float())
             mods.append(torch.full((n,), k))
             train.append(torch.full((n,), trainable and block.is_discrete))
-            if self.max_grid is not None:
-                _check_span_grid(tok, seg, block.grid, n, self.max_grid)
-            p, grid, cursor = span_layout(block.grid, n, cursor)
+            # a resampled span is a sequence of queries (a set, not a grid): laid out like text
+            p, grid, cursor = span_layout(None if queries is not None else block.grid, n, cursor)
             pos.append(p)
             local.append(grid)
             n_span += 1
             span.append(torch.full((n,), n_span))
-            bidir.append(torch.full((n,), bool(tok.bidirectional)))
+            bidir.append(torch.full((n,), bool(tok.bidirectional) or queries is not None))
             add_seq(torch.tensor([v.end[tok.name]]), v.special_modality, trainable)
         if turn is not None and add_eos:  # a prompt (add_eos=False) leaves its last turn open for the reply
             close_turn(True)

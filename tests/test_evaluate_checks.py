@@ -189,3 +189,75 @@ def test_token_accuracy_against_the_reference_codes_and_its_floors(fsq_model, tm
     assert got.values["prompt_blind_accuracy"] == got.chances["token_accuracy"]
     with pytest.raises(ValueError, match="no reference media"):
         score_media(fsq_model, "token_accuracy", outputs[:1], [_ex()], "image")
+
+
+# ---- generated video: colour, shape, direction and flashes read from decoded frames ---------------
+def _mp4_segment(frames, tmp_path, name, fps=8):
+    """A clip written as a real H.264 MP4 and handed to the checks as a path (decoded by load_video)."""
+    from anymodal.data.synthetic import write_video
+
+    path = tmp_path / f"{name}.mp4"
+    write_video(frames, path, fps)
+    return Segment(data=str(path), modality="video")
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_video_checks_read_colour_shape_and_direction_from_decoded_clips(direction, tmp_path):
+    from anymodal.data.synthetic import DIRECTIONS, draw_moving_shape
+
+    checks = {k: get_check(f"video.{k}") for k in ("colour", "shape", "direction", "flashes")}
+    for i, (colour, shape) in enumerate([(c, s) for c in COLOURS for s in SHAPES]):
+        seg = _mp4_segment(draw_moving_shape(random.Random(i), 32, 8, colour, shape, direction), tmp_path, f"{i}")
+        ex = _ex(colour=colour, shape=shape, direction=direction, flashes=1)
+        assert all(c(seg, ex) == 1.0 for c in checks.values()), (colour, shape, direction)
+        # every wrong answer fails
+        for other in set(COLOURS) - {colour}:
+            assert checks["colour"](seg, _ex(colour=other)) == 0.0
+        for other in set(SHAPES) - {shape}:
+            assert checks["shape"](seg, _ex(shape=other)) == 0.0
+        for other in set(DIRECTIONS) - {direction}:
+            assert checks["direction"](seg, _ex(direction=other)) == 0.0
+        assert checks["flashes"](seg, _ex(flashes=2)) == 0.0
+
+
+def test_video_checks_fail_on_still_blank_and_reversed_clips(tmp_path):
+    from anymodal.data.synthetic import draw_moving_shape
+
+    moving = draw_moving_shape(random.Random(0), 32, 8, "green", "circle", "right")
+    still = np.repeat(moving[:1], 8, axis=0)  # the first frame held: no motion
+    seg = _mp4_segment(still, tmp_path, "still")
+    assert get_check("video.direction")(seg, _ex(direction="right")) == 0.0
+    assert get_check("video.colour")(seg, _ex(colour="green")) == 1.0  # still a green circle
+    blank = _mp4_segment(np.full((8, 32, 32, 3), 12, np.uint8), tmp_path, "blank")
+    for name, meta in (("colour", dict(colour="green")), ("shape", dict(shape="circle")),
+                       ("direction", dict(direction="right")), ("flashes", dict(flashes=1))):
+        assert get_check(f"video.{name}")(blank, _ex(**meta)) == 0.0
+    backwards = _mp4_segment(moving[::-1].copy(), tmp_path, "backwards")
+    assert get_check("video.direction")(backwards, _ex(direction="left")) == 1.0
+    assert get_check("video.direction")(backwards, _ex(direction="right")) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_video_flash_count_from_decoded_clips(n, tmp_path):
+    from anymodal.data.synthetic import draw_flashes
+
+    for seed in range(4):
+        seg = _mp4_segment(draw_flashes(random.Random(seed * 10 + n), 32, 8, n), tmp_path, f"f{n}_{seed}")
+        assert get_check("video.flashes")(seg, _ex(flashes=n)) == 1.0
+        assert get_check("video.flashes")(seg, _ex(flashes=n % 4 + 1)) == 0.0
+        assert get_check("video.direction")(seg, _ex(direction="left")) == 0.0  # a flash does not move
+
+
+def test_video_checks_read_tensor_clips_and_name_bad_input():
+    from anymodal.data.synthetic import draw_moving_shape
+
+    clip = torch.from_numpy(draw_moving_shape(random.Random(3), 32, 8, "blue", "triangle", "up")).permute(0, 3, 1, 2)
+    seg = Segment(data=clip.float() / 255, modality="video")  # what video.fsq decodes to
+    assert get_check("video.shape")(seg, _ex(shape="triangle")) == 1.0
+    assert get_check("video.direction")(Segment(data=clip, modality="video"), _ex(direction="up")) == 1.0  # uint8
+    with pytest.raises(ValueError, match="unknown direction 'sideways'"):
+        get_check("video.direction")(seg, _ex(direction="sideways"))
+    with pytest.raises(am.MediaError, match=r"\(T, C, H, W\) clip"):
+        get_check("video.colour")(Segment(data=torch.rand(3, 32, 32), modality="video"), _ex(colour="red"))
+    with pytest.raises(ValueError, match="reads video segments"):
+        get_check("video.colour")(_image_segment(_drawn("circle", "red")), _ex(colour="red"))

@@ -18,12 +18,14 @@ from plugin_env import DEPTH_ENTRY, installed, write_distribution
 # options that build each tokenizer small; learned ones with random weights (asked for by name)
 OPTIONS = {
     "image.fsq": dict(image_size=16, levels=[5, 4], channels=16, downsample=2, random_init=True),
+    "video.fsq": dict(frames=4, image_size=32, levels=[5, 4], channels=8, downsample=3, time_downsample=1,
+                      random_init=True),
     "audio.encodec": dict(random_init=True, seconds=0.5),
     "image.encoder": dict(arch="custom", image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
                           mlp_dim=64, random_init=True),
     "depth.patch": dict(patch_size=8, max_tokens=16),
 }
-LEARNED = ("image.fsq", "audio.encodec", "image.encoder")  # refuse to build without weights or random_init
+LEARNED = ("image.fsq", "video.fsq", "audio.encodec", "image.encoder")  # refuse to build without weights or random_init
 REQUIRES = {"audio.encodec": "encodec"}  # an optional extra
 BUILTINS = sorted(list_tokenizers())
 PLUGINS = ["depth.patch"]  # tokenizers/anymodal-depth, installed for the sweep through its entry point
@@ -129,7 +131,7 @@ def test_plugin_contract(name, depth_site):
 
 def test_the_sweep_covers_every_builtin():
     shipped = {m.rsplit(".", 1)[1] for m in _BUILTIN_MODULES}
-    assert len(BUILTINS) >= len(shipped) == 8
+    assert len(BUILTINS) >= len(shipped) == 9
     assert {get_tokenizer_class(n).__module__.rsplit(".", 1)[1] for n in BUILTINS} == shipped
 
 

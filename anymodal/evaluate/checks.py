@@ -1,4 +1,4 @@
-"""Generation checks: is a generated image or sound what the prompt asked for? The one scorer of
+"""Generation checks: is a generated image, sound or clip what the prompt asked for? The one scorer of
 generated media (``anymodal eval --tasks gen``, the any-to-any test and CI all use it).
 
 A check is a function ``check(segment, example) -> bool | float`` registered under a name;
@@ -13,10 +13,12 @@ partial score in [0, 1]. Tasks name checks in their ``metric`` as ``check:<name>
         return image_array(segment).mean() > 0.5
 
 Built-ins measure what the synthetic data sets draw, with plain signal processing (no learned
-judge), through two readers: :func:`image_attributes` (colour, shape and position of a one-shape
-image) and :func:`beep_attributes` (count and pitch trend of tone bursts). Checks:
-``image.colour``, ``image.shape``, ``image.position``, ``audio.beeps`` (the count),
-``audio.pitch`` (rising, falling or steady) and ``audio.frequency`` (the spectral peak).
+judge), through three readers: :func:`image_attributes` (colour, shape and position of a
+one-shape image), :func:`video_attributes` (colour, shape, motion direction and number of
+flashes of a one-shape clip, from its decoded frames) and :func:`beep_attributes` (count and
+pitch trend of tone bursts). Checks: ``image.colour``, ``image.shape``, ``image.position``,
+``video.colour``, ``video.shape``, ``video.direction``, ``video.flashes``, ``audio.beeps``
+(the count), ``audio.pitch`` (rising, falling or steady) and ``audio.frequency`` (the spectral peak).
 
 Decoded media mean something only when the tokenizer that decoded them has real weights: for a
 tokenizer whose ``pretrained`` is False (a random-init codec) :func:`score_media` refuses the
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from anymodal.data.synthetic.draw import COLOURS, POSITIONS, SHAPES, draw_shape
+from anymodal.data.synthetic.draw import COLOURS, DIRECTIONS, POSITIONS, SHAPES, draw_shape
 
 if TYPE_CHECKING:
     from anymodal.api import AnyModal
@@ -169,27 +171,115 @@ def image_attributes(image: Any, name: str | None = None) -> dict:
     out = {"colour": None, "shape": None, "position": None, "iou": 0.0, "fg_fraction": float(fg.mean())}
     if fg.sum() < 4:
         return out
-    mean = a[fg].mean(0)
-    out["colour"] = min(COLOURS, key=lambda c: float(np.linalg.norm(mean - np.array(COLOURS[c]))))
+    out["colour"] = _nearest_colour(a[fg].mean(0))
     ys, xs = np.nonzero(fg)
     out["position"] = POSITIONS[int(ys.mean() >= H / 2) * 2 + int(xs.mean() >= W / 2)]
+    out["iou"], out["shape"] = _fit_shape(fg)
+    return out
+
+
+def _nearest_colour(mean_rgb: np.ndarray) -> str:
+    return min(COLOURS, key=lambda c: float(np.linalg.norm(mean_rgb - np.array(COLOURS[c]))))
+
+
+def _fit_shape(fg: np.ndarray) -> tuple[float, str | None]:
+    """(best IoU, shape) of a foreground mask against each shape drawn to fit its bounding box."""
+    H, W = fg.shape
+    ys, xs = np.nonzero(fg)
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     bw, bh = x1 - x0, y1 - y0
     cx = (x0 + x1) / 2
     best = (-1.0, None)
     for shape in SHAPES:
-        if shape == "circle":
-            r, cy = (bw + bh) / 4, (y0 + y1) / 2
-        elif shape == "square":
-            r, cy = (bw + bh) / 4 / 0.9, (y0 + y1) / 2
-        else:  # apex at cy - r, base at cy + 0.9 r
-            r = (bw / 2 + bh / 1.9) / 2
-            cy = y0 + r
-        m = _shape_mask(shape, (H, W), cx, cy, r)
+        if shape == "square":  # fills its box; drawn from float corners it could gain a row (7.5000001 rounds out)
+            m = np.zeros((H, W), dtype=bool)
+            m[y0:y1, x0:x1] = True
+        else:
+            if shape == "circle":
+                r, cy = (bw + bh) / 4, (y0 + y1) / 2
+            else:  # apex at cy - r, base at cy + 0.9 r
+                r = (bw / 2 + bh / 1.9) / 2
+                cy = y0 + r
+            m = _shape_mask(shape, (H, W), cx, cy, r)
         iou = float((m & fg).sum() / max(1, (m | fg).sum()))
         if iou > best[0]:
             best = (iou, shape)
-    out["iou"], out["shape"] = best
+    return best
+
+
+def video_array(segment: "Segment") -> np.ndarray:
+    """The segment's clip as a (T, H, W, 3) float array in [0, 255]: a (T, C, H, W) tensor (float
+    in [0, 1] or uint8; what ``video.fsq`` decodes to), a (T, H, W, 3) uint8 array, or a path /
+    bytes decoded with every frame (:func:`anymodal.media.load_video`)."""
+    from anymodal.errors import MediaError
+    from anymodal.media import load_video
+
+    data = segment.data
+    if isinstance(data, np.ndarray) and data.ndim == 4 and data.shape[-1] == 3:
+        return data.astype(np.float32) * (1.0 if data.dtype == np.uint8 else 255.0)
+    if isinstance(data, (str, bytes)):
+        x = load_video(data, name=segment.source)
+    elif hasattr(data, "detach"):
+        import torch
+
+        x = data.detach().cpu()
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+            raise MediaError(segment.source, f"expected a (T, C, H, W) clip, got shape {tuple(x.shape)}")
+        x = x.expand(-1, 3, -1, -1)
+    else:
+        raise MediaError(segment.source, f"cannot read a clip from a {type(data).__name__}")
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0
+
+
+def video_attributes(clip: Any, min_shift: float | None = None) -> dict:
+    """Read colour, shape, motion direction and number of flashes back from the frames of a
+    one-shape clip: a (T, H, W, 3) array in [0, 255] (:func:`video_array`) or a video segment.
+
+    Background: the median of every frame's border. Foreground, per pixel: farther from it than
+    half the clip's 99th-percentile distance (and > 60 in RGB), as :func:`image_attributes`
+    does per image. A frame is *lit* when its foreground covers at least 1 % of it (and 4
+    pixels) and a third of the largest foreground of the clip (a decoder's faint ghost of a
+    flash in the next frame is not one more frame of it).
+    ``flashes``: runs of lit frames. ``colour``: nearest palette entry to the foreground's mean
+    over the lit frames. ``shape``: the most common best-fitting shape over the lit frames.
+    ``direction``: the least-squares track of the foreground's centroid over the lit frames; its
+    displacement from the first lit frame to the last along the dominant axis names it
+    (``left``, ``right``, ``up``, ``down``; image rows grow downwards), ``None`` when it moves
+    less than ``min_shift`` pixels (default an eighth of the frame width) or fewer than two frames
+    are lit. Returns ``{"colour", "shape", "direction", "flashes", "lit", "shift", "iou"}``.
+
+    >>> import random; from anymodal.data.synthetic import draw_moving_shape
+    >>> video_attributes(draw_moving_shape(random.Random(0), 32, 8, "red", "square", "left"))["direction"]
+    'left'
+    """
+    a = video_array(clip) if hasattr(clip, "modality") else np.asarray(clip, dtype=np.float32)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"video_attributes needs a (T, H, W, 3) clip, got shape {a.shape}")
+    T, H, W = a.shape[:3]
+    border = np.concatenate([a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1]], axis=1).reshape(-1, 3)
+    bg = np.median(border, axis=0)
+    dist = np.linalg.norm(a - bg, axis=-1)  # (T, H, W)
+    fg = dist > max(60.0, 0.5 * float(np.percentile(dist, 99)))
+    area = fg.reshape(T, -1).sum(1)
+    lit = area >= max(4, 0.01 * H * W, area.max() / 3)  # a faint ghost between flashes is no flash
+    flashes = int(lit[0]) + int((lit[1:] & ~lit[:-1]).sum())
+    out = {"colour": None, "shape": None, "direction": None, "flashes": flashes, "lit": lit.tolist(),
+           "shift": (0.0, 0.0), "iou": 0.0}
+    frames = np.nonzero(lit)[0]
+    if not len(frames):
+        return out
+    out["colour"] = _nearest_colour(a[frames][fg[frames]].mean(0))
+    fits = [_fit_shape(fg[t]) for t in frames]
+    out["shape"] = Counter(s for _, s in fits).most_common(1)[0][0]
+    out["iou"] = float(np.mean([iou for iou, _ in fits]))
+    if len(frames) >= 2:
+        cy, cx = np.array([[ys.mean(), xs.mean()] for ys, xs in (np.nonzero(fg[t]) for t in frames)]).T
+        span = frames[-1] - frames[0]
+        sx, sy = (float(np.polyfit(frames, c, 1)[0] * span) for c in (cx, cy))
+        out["shift"] = (sx, sy)
+        if max(abs(sx), abs(sy)) >= (W / 8 if min_shift is None else min_shift):
+            out["direction"] = ("right" if sx > 0 else "left") if abs(sx) >= abs(sy) else ("down" if sy > 0 else "up")
     return out
 
 
@@ -294,6 +384,35 @@ def pitch_check(segment: "Segment", example: "Example") -> bool:
     """The beeps' pitch trend is ``meta["pattern"]`` (``rising``, ``falling`` or ``steady``)."""
     want = _known(example, "pattern", ("rising", "falling", "steady"))
     return beep_attributes(*audio_array(segment))["pattern"] == want
+
+
+@register_check("video.colour", modality="video", chance=0.25)
+def video_colour_check(segment: "Segment", example: "Example") -> bool:
+    """The lit frames' foreground colour is nearest to the asked palette colour (``meta["colour"]``)."""
+    want = _known(example, "colour", COLOURS)
+    return video_attributes(segment)["colour"] == want
+
+
+@register_check("video.shape", modality="video", chance=1 / 3)
+def video_shape_check(segment: "Segment", example: "Example") -> bool:
+    """The shape that fits most lit frames best is ``meta["shape"]``."""
+    want = _known(example, "shape", SHAPES)
+    return video_attributes(segment)["shape"] == want
+
+
+@register_check("video.direction", modality="video", chance=0.25)
+def video_direction_check(segment: "Segment", example: "Example") -> bool:
+    """The shape moves ``meta["direction"]`` (``left``, ``right``, ``up``, ``down``) by at least an
+    eighth of the frame."""
+    want = _known(example, "direction", DIRECTIONS)
+    return video_attributes(segment)["direction"] == want
+
+
+@register_check("video.flashes", modality="video", chance=0.25)
+def video_flashes_check(segment: "Segment", example: "Example") -> bool:
+    """The clip lights up ``meta["flashes"]`` times (runs of frames with a shape, dark between)."""
+    want = int(_expected(example, "flashes"))
+    return video_attributes(segment)["flashes"] == want
 
 
 # ---- scoring the media of a generation task ------------------------------------------------------

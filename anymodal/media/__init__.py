@@ -10,11 +10,11 @@ from anymodal.media.limits import MediaLimits
 from anymodal.media.image import image_size, load_image, save_image
 from anymodal.media.audio import AudioInfo, audio_info, load_audio, save_audio
 from anymodal.media.safe import safe_decode
-from anymodal.media.video import VideoInfo, load_video, read_frames, sample_indices, video_info
+from anymodal.media.video import VideoInfo, load_video, read_frames, sample_indices, save_video, video_info
 
 __all__ = [
     "AudioInfo", "MediaLimits", "VideoInfo", "audio_info", "image_size", "load_audio", "load_image", "load_video",
-    "read_frames", "safe_decode", "sample_indices", "save_audio", "save_image", "save_media", "video_info",
+    "read_frames", "safe_decode", "sample_indices", "save_audio", "save_image", "save_media", "save_video", "video_info",
 ]
 
 
@@ -26,4 +26,8 @@ def save_media(segment, path):
         from anymodal.media.audio import save_audio
 
         return save_audio(segment.data, path, segment.options.get("sample_rate"))
+    if segment.modality == "video":  # decoded clips (video.fsq) carry their rate as video_fps
+        from pathlib import Path
+
+        return Path(save_video(segment.data, path, fps=segment.options.get("video_fps") or 8.0))
     raise ValueError(f"cannot save a {segment.modality!r} segment to {path}")

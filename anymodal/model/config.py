@@ -36,6 +36,9 @@ class ModelConfig:
     - ``chat_template``: conversation turns (:mod:`anymodal.chat`): ``None`` (off; the vocabulary is
       unchanged), ``"default"`` (role tokens added to the vocabulary), or a Hugging Face chat LM's
       text markers, ``"chatml"`` (Qwen2) or ``"llama3"`` (:data:`anymodal.stream.CHAT_TEMPLATES`).
+    - ``resamplers``: continuous tokenizer name -> its learned-query resampler (``{"queries",
+      "layers", "heads"}``, :mod:`anymodal.model.resampler`); filled in from the tokenizer specs'
+      ``resample:`` options by :class:`anymodal.AnyModal`, like ``continuous_inputs``.
     """
 
     dim: int = 256
@@ -61,6 +64,7 @@ class ModelConfig:
     chat_template: str | None = None
     vocab_size: int = 0
     continuous_inputs: dict[str, int] = field(default_factory=dict)
+    resamplers: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -90,6 +94,17 @@ class ModelConfig:
         self.mrope_sections = list(self.mrope_sections)
         self.continuous_inputs = dict(self.continuous_inputs)
         self.projectors = dict(self.projectors)
+        if self.resamplers:
+            from anymodal.model.resampler import resample_config  # torch: only when a model has one
+
+            self.resamplers = {k: resample_config(k, v) for k, v in self.resamplers.items()}
+            for k, r in self.resamplers.items():
+                if r["queries"] > self.max_grid and self.media_pos_embed:
+                    raise ValueError(f"tokenizer {k!r}: resample.queries={r['queries']} > model.arch.max_grid="
+                                     f"{self.max_grid} (query k gets the learned media position (k, 0, 0)); "
+                                     f"raise max_grid or use fewer queries")
+                if self.dim % (r["heads"] or self.n_heads):
+                    raise ValueError(f"tokenizer {k!r}: resample.heads={r['heads']} does not divide dim={self.dim}")
         bad = {k: v for k, v in self.projectors.items() if v not in PROJECTORS}
         if bad:
             raise ValueError(f"projectors {bad}: each must be one of {PROJECTORS}")
@@ -119,7 +134,12 @@ class ModelConfig:
         proj = sum(n * d + d + (d * d + d if self.projectors.get(k) == "mlp2" else 0)
                    for k, n in self.continuous_inputs.items())
         grid = 3 * self.max_grid * d if self.media_pos_embed else 0
-        return V * d + L * per_layer + d + head + proj + grid
+        resample = 0
+        if self.resamplers:
+            from anymodal.model.resampler import resampler_num_params
+
+            resample = sum(resampler_num_params(d, r, self.max_grid) for r in self.resamplers.values())
+        return V * d + L * per_layer + d + head + proj + grid + resample
 
 
 def debug(**kw) -> ModelConfig:

@@ -2,7 +2,9 @@
 
 One decoder-only transformer reads the interleaved stream from layer 0: discrete tokens through
 one embedding table over the unified vocabulary, continuous tokens (image patches, mel patches)
-through a per-tokenizer linear projection (Fuyu), written into the same sequence. Pre-norm
+through a per-tokenizer linear projection (Fuyu), optionally compressed to a fixed number of
+tokens per item by a learned-query resampler (Flamingo, :mod:`anymodal.model.resampler`),
+written into the same sequence. Pre-norm
 RMSNorm, SwiGLU MLP, grouped-query attention with QK-norm (Chameleon), rotary or M-RoPE
 positions (Qwen2-VL), one LM head over the unified vocabulary.
 """
@@ -20,6 +22,7 @@ from anymodal.constants import IGNORE
 from anymodal.model.attention import MaskInfo, attention, eager_attention, resolve_backend
 from anymodal.model.config import ModelConfig
 from anymodal.model.cpu_kernels import RMSNormCPU, RotaryCPU
+from anymodal.model.resampler import GRID_SUFFIX, Resampler, ResamplerConfig
 
 
 # ---- norm -------------------------------------------------------------------------------------
@@ -228,6 +231,14 @@ class AnyModalTransformer(nn.Module):
                              f"(those are {sorted(cfg.continuous_inputs)})")
         self.input_proj = nn.ModuleDict({_key(n): _projector(cfg.projectors.get(n, "linear"), d, cfg.dim)
                                          for n, d in cfg.continuous_inputs.items()})
+        unknown = set(cfg.resamplers) - set(cfg.continuous_inputs)
+        if unknown:
+            raise ValueError(f"ModelConfig.resamplers names {sorted(unknown)}, which are not continuous tokenizers "
+                             f"(those are {sorted(cfg.continuous_inputs)}): resample applies to vectors only")
+        # learned-query compression of a span after its projection (Flamingo / BLIP-2), one per tokenizer
+        self.resamplers = nn.ModuleDict({_key(n): Resampler(cfg.dim, ResamplerConfig(**r), cfg.max_grid, cfg.norm_eps,
+                                                            cfg.n_heads)
+                                         for n, r in cfg.resamplers.items()})
         # factorised learned (t, h, w) embeddings of media tokens (NaViT): RoPE alone only gives
         # relative offsets, and a small model learns "where in the image" far faster with these
         self.grid_embed = nn.Parameter(torch.zeros(3, cfg.max_grid, cfg.dim)) if cfg.media_pos_embed else None
@@ -252,15 +263,26 @@ class AnyModalTransformer(nn.Module):
 
     def embed_inputs(self, ids: torch.Tensor, modality: torch.Tensor, vectors: dict[str, torch.Tensor],
                      span: torch.Tensor | None = None, grid: torch.Tensor | None = None):
-        """(B, T) ids + continuous vectors (+ media grid coordinates) -> (B, T, D) embeddings."""
+        """(B, T) ids + continuous vectors (+ media grid coordinates) -> (B, T, D) embeddings.
+
+        A resampled tokenizer's vectors (M, input_dim) are projected, then its resampler turns each
+        item into its ``queries`` outputs, which fill the span's positions (see
+        :mod:`anymodal.model.resampler` for the side tensor of input coordinates)."""
         h = self.embed(ids)  # (B, T, D); continuous positions hold <pad> and are overwritten
         for name, vec in vectors.items():
+            if name.endswith(GRID_SUFFIX):
+                continue  # read with its tokenizer's vectors below
             if name not in self.continuous_modality:
                 raise KeyError(f"batch has vectors for {name!r}, which the model has no projection for")
             where = (modality == self.continuous_modality[name]).reshape(-1)
-            if int(where.sum()) != vec.shape[0]:
-                raise ValueError(f"{name}: {int(where.sum())} positions but {vec.shape[0]} vectors")
             proj = self.input_proj[_key(name)](vec.to(h.dtype))  # (N, D)
+            if _key(name) in self.resamplers:
+                if name + GRID_SUFFIX not in vectors:
+                    raise ValueError(f"{name} is resampled but the batch lacks {name + GRID_SUFFIX!r} (the input "
+                                     f"coordinates StreamBuilder writes); build the batch with this model's builder")
+                proj = self.resamplers[_key(name)](proj, vectors[name + GRID_SUFFIX])  # (items * queries, D)
+            if int(where.sum()) != proj.shape[0]:
+                raise ValueError(f"{name}: {int(where.sum())} positions but {proj.shape[0]} vectors")
             h = h.reshape(-1, h.shape[-1]).index_put((where.nonzero().squeeze(1),), proj).view_as(h)
         if self.grid_embed is not None and grid is not None:
             if int(grid.max()) >= self.cfg.max_grid:

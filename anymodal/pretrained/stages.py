@@ -9,7 +9,7 @@ tuning* then unfreezes the LM. Here the decoder's parameters fall into five name
 ``embeddings``    ``embed.weight``: the input embedding table (all rows)
 ``new_tokens``    the rows of ``embed.weight`` and ``head.weight`` that are not text ids: media
                   ids, ``<bos> <eos> <pad>`` and begin/end markers (what an imported LM lacks)
-``projectors``    ``input_proj.*`` (continuous vectors -> model width) and ``grid_embed``
+``projectors``    ``input_proj.*`` (continuous vectors -> model width), ``resamplers.*`` and ``grid_embed``
 ``decoder``       ``blocks.*`` and the final ``norm``
 ``head``          ``head.weight``: the LM head (all rows)
 ================  ===========================================================================
@@ -48,7 +48,7 @@ def group_of(name: str) -> str:
         return "embeddings"
     if name.startswith("head."):
         return "head"
-    if name.startswith("input_proj.") or name == "grid_embed":
+    if name.startswith(("input_proj.", "resamplers.")) or name == "grid_embed":  # resamplers: media -> decoder too
         return "projectors"
     if name.startswith(("blocks.", "norm.")):
         return "decoder"

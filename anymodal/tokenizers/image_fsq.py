@@ -1,10 +1,9 @@
 """``image.fsq``: discrete image codes from a small convolutional autoencoder with finite scalar
 quantization (FSQ, Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple").
 
-FSQ projects each latent vector to ``d = len(levels)`` numbers, bounds each one with a
-``tanh`` and rounds it to one of ``levels[i]`` values (straight-through gradient). The code of
-a latent cell is the mixed-radix number of its ``d`` digits, so the implicit codebook has
-``prod(levels)`` entries, all used, with no codebook loss, commitment loss or EMA updates.
+The quantizer, weight loading and the tokenizer plumbing live in
+:mod:`anymodal.tokenizers.fsq_core`, shared with ``video.fsq``; this module holds the 2D
+autoencoder and what images need.
 
 Every image is resized to ``image_size`` x ``image_size`` (the aspect ratio is not kept: a
 fixed grid is what lets generation stop after ``fixed_length`` codes) and encoded into an
@@ -26,10 +25,7 @@ noise, so checks that judge decoded media refuse to score it: ``pretrained`` is 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -37,57 +33,11 @@ import torch.nn.functional as F
 
 from anymodal.media import MediaLimits, load_image
 from anymodal.segments import Image, Segment
-from anymodal.tokenizers.base import ModalityTokenizer, TokenBlock
+from anymodal.tokenizers.base import TokenBlock
+from anymodal.tokenizers.fsq_core import FSQ, STATE_FILE, FSQTokenizerBase, psnr
 from anymodal.tokenizers.registry import register_tokenizer
 
-STATE_FILE = "fsq.safetensors"
-
-
-# ---- finite scalar quantization ---------------------------------------------------------------
-class FSQ(nn.Module):
-    """Finite scalar quantization of the last dimension: (..., d) reals -> (..., d) in [-1, 1].
-
-    ``levels`` = number of values per dimension (Mentzer et al. recommend e.g. (8, 5, 5, 5) for
-    a 1000-entry codebook). ``codes_to_indices`` / ``indices_to_codes`` map between the rounded
-    vectors and single integer ids in ``[0, prod(levels))``.
-    """
-
-    def __init__(self, levels: Sequence[int], eps: float = 1e-3):
-        super().__init__()
-        if not levels or any(int(n) < 2 for n in levels):
-            raise ValueError(f"FSQ levels must be integers >= 2, got {list(levels)}")
-        lv = torch.tensor([int(n) for n in levels], dtype=torch.long)
-        self.register_buffer("levels", lv, persistent=False)
-        self.register_buffer("basis", torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), 0), persistent=False)
-        self.eps = eps
-        self.dim = len(levels)
-        self.codebook_size = int(torch.prod(lv))
-
-    def bound(self, z: torch.Tensor) -> torch.Tensor:
-        """Squash each dimension into (-L/2, L/2) so that rounding gives exactly L values; even L
-        are shifted by a half so their L values are symmetric around 0 after the offset."""
-        lv = self.levels.to(z.dtype)
-        half_l = (lv - 1) * (1 - self.eps) / 2
-        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0).to(z.dtype)
-        shift = torch.atanh(offset / half_l)
-        return torch.tanh(z + shift) * half_l - offset
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        bounded = self.bound(z)
-        q = bounded + (torch.round(bounded) - bounded).detach()  # straight-through estimator
-        return q / (self.levels // 2).to(z.dtype)  # (..., d) in [-1, 1]
-
-    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
-        """(..., d) quantized codes -> (...,) int64 ids."""
-        half = (self.levels // 2).to(codes.dtype)
-        digits = torch.round(codes * half + half).long()  # (..., d) in [0, L)
-        return (digits * self.basis).sum(-1)
-
-    def indices_to_codes(self, idx: torch.Tensor) -> torch.Tensor:
-        """(...,) ids -> (..., d) codes in [-1, 1]."""
-        digits = (idx.long()[..., None] // self.basis) % self.levels
-        half = (self.levels // 2).float()
-        return (digits.float() - half) / half
+__all__ = ["FSQ", "STATE_FILE", "FSQAutoencoder", "FSQConfig", "FSQImageTokenizer", "psnr"]
 
 
 # ---- the autoencoder --------------------------------------------------------------------------
@@ -179,42 +129,8 @@ class FSQAutoencoder(nn.Module):
         return self.decode(codes.movedim(-1, 1)).clamp(0, 1)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in [0, 1], per image: (B, ...) -> (B,)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return 10 * torch.log10(1.0 / mse)
-
-
-# ---- loading weights --------------------------------------------------------------------------
-def _read_state(file: Path) -> tuple[dict, dict]:
-    """(config dict, autoencoder state dict) from a Lightning .ckpt or an fsq.safetensors file."""
-    if not file.is_file():
-        raise FileNotFoundError(f"image.fsq: checkpoint not found: {file} (train one: anymodal fit --config "
-                                "recipes/image-fsq.yaml)")
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        if "config" not in meta:
-            raise ValueError(f"image.fsq: {file} has no 'config' metadata (not written by image.fsq)")
-        return json.loads(meta["config"]), state
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle payloads and foreign objects are refused
-        raise ValueError(f"image.fsq: refused to load {file} (only plain tensors and data are allowed): {e}") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or "fsq" not in hp:
-        raise ValueError(f"image.fsq: {file} is not a checkpoint of the image-fsq recipe "
-                         "(no hyper_parameters['fsq'])")
-    prefix = "autoencoder."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    return dict(hp["fsq"]), state
-
-
 # ---- the tokenizer ----------------------------------------------------------------------------
-class FSQImageTokenizer(ModalityTokenizer):
+class FSQImageTokenizer(FSQTokenizerBase):
     """Discrete image codes (``vocab_size = prod(levels)``) on a fixed ``(1, g, g)`` grid.
 
     Options: ``checkpoint`` (file) or ``path`` (export folder) for trained weights, or
@@ -227,52 +143,21 @@ class FSQImageTokenizer(ModalityTokenizer):
     """
 
     modality = "image"
-    kind = "discrete"
-    bidirectional = False
+    config_cls = FSQConfig
+    autoencoder_cls = FSQAutoencoder
+    hp_key = "fsq"
+    recipe = "recipes/image-fsq.yaml"
 
     def __init__(self, checkpoint: str | None = None, path: str | None = None, image_size: int | None = None,
                  levels: list[int] | None = None, channels: int | None = None, downsample: int | None = None,
                  res_blocks: int | None = None, random_init: bool = False, seed: int = 0, cfg_dropout: float = 0.0,
                  max_pixels: int = 4096 * 4096):
-        given = {k: v for k, v in dict(image_size=image_size, levels=levels, channels=channels,
-                                       downsample=downsample, res_blocks=res_blocks).items() if v is not None}
-        if checkpoint and random_init and not path:
-            raise ValueError("image.fsq: give checkpoint=<file> or random_init=True, not both")
-        if not (checkpoint or path or random_init):
-            raise ValueError("image.fsq needs trained weights: checkpoint=<runs/image-fsq/checkpoints/last.ckpt, "
-                             "written by `anymodal fit --config recipes/image-fsq.yaml`> or path=<export folder>; "
-                             "random_init=True builds a seeded random autoencoder (tests; decodes to noise)")
-        # path (an export's copy) wins over checkpoint: it travels with the model. An export of a
-        # random init keeps random_init=True in its options, so it stays marked as not pretrained.
-        file = Path(path) / STATE_FILE if path else (Path(checkpoint) if checkpoint else None)
-        state = None
-        if file is not None:  # an export folder's copy wins: it travels with the model
-            saved, state = _read_state(file)
-            clash = {k: (v, saved.get(k)) for k, v in given.items()
-                     if saved.get(k) != (list(v) if k == "levels" else v)}
-            if clash:
-                raise ValueError(f"image.fsq: options {clash} (given, checkpoint) disagree with {file}")
-            cfg = FSQConfig(**saved)
-        else:
-            cfg = FSQConfig(**given)
-        if not 0.0 <= cfg_dropout < 1.0:
-            raise ValueError(f"image.fsq: cfg_dropout must be in [0, 1), got {cfg_dropout}")
-        self.config = cfg
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.autoencoder = FSQAutoencoder(cfg).eval()
-        if state is not None:
-            missing, unexpected = self.autoencoder.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(f"image.fsq: {file} does not fit the autoencoder (missing {missing[:3]}, "
-                                 f"unexpected {unexpected[:3]})")
-        self.pretrained = state is not None and not random_init
-        self.autoencoder.requires_grad_(False)
-        self.vocab_size = self.autoencoder.quantizer.codebook_size
-        g = cfg.grid
+        given = dict(image_size=image_size, levels=levels, channels=channels, downsample=downsample,
+                     res_blocks=res_blocks)
+        self._load_autoencoder("image.fsq", checkpoint, path, given, random_init, seed, cfg_dropout)
+        g = self.config.grid
         self.fixed_grid = (1, g, g)
         self.fixed_length = g * g
-        self.cfg_dropout = float(cfg_dropout)
         self.limits = MediaLimits(max_pixels=max_pixels)
 
     def _pixels(self, segment: Segment) -> torch.Tensor:
@@ -293,24 +178,11 @@ class FSQImageTokenizer(ModalityTokenizer):
     @torch.no_grad()
     def decode(self, ids) -> torch.Tensor:
         """(g*g,) ids -> (3, S, S) float image in [0, 1]."""
-        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-        if ids.numel() != self.fixed_length:
-            raise ValueError(f"image.fsq: decode needs {self.fixed_length} ids "
-                             f"({self.fixed_grid[1]}x{self.fixed_grid[2]}), got {ids.numel()}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"image.fsq: ids must lie in [0, {self.vocab_size})")
+        ids = self._check_ids(ids)
         return self.autoencoder.from_indices(ids[None])[0]
 
     def make_segment(self, decoded: torch.Tensor) -> Segment:
         return Image(decoded, tokenizer=self.name)
-
-    def state_files(self) -> dict[str, bytes]:
-        """The autoencoder weights and shape, so an exported model decodes without the recipe's
-        checkpoint (safetensors: no pickle)."""
-        from safetensors.torch import save
-
-        state = {k: v.detach().contiguous() for k, v in self.autoencoder.state_dict().items()}
-        return {STATE_FILE: save(state, metadata={"config": json.dumps(asdict(self.config))})}
 
 
 register_tokenizer("image.fsq")(FSQImageTokenizer)

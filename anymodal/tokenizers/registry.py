@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from anymodal.constants import RESAMPLE_KEY
 from anymodal.tokenizers.base import ModalityTokenizer
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ _BUILTIN_MODULES = (
     "anymodal.tokenizers.video_tubelet",
     "anymodal.tokenizers.audio_mel",
     "anymodal.tokenizers.image_fsq",
+    "anymodal.tokenizers.video_fsq",
     "anymodal.tokenizers.audio_encodec",
     "anymodal.tokenizers.image_encoder",
 )
@@ -260,6 +262,7 @@ def check_tokenizer_specs(specs) -> None:
     for spec in specs or ():
         options = {"name": spec} if isinstance(spec, str) else dict(spec)
         name = options.pop("name", None)
+        options.pop(RESAMPLE_KEY, None)  # the model's resampler of this tokenizer, not a tokenizer option
         if isinstance(name, str) and name:
             # required options may still be filled in later (init_from_hf gives text.hf its path)
             problem = _option_error(name, get_tokenizer_class(name), options, require=False)

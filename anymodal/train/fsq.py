@@ -1,12 +1,14 @@
-"""Training the ``image.fsq`` autoencoder: ``anymodal fit --config recipes/image-fsq.yaml``.
+"""Training the FSQ autoencoders: ``anymodal fit --config recipes/image-fsq.yaml`` (``image.fsq``)
+and ``anymodal fit --config recipes/video-fsq.yaml`` (``video.fsq``).
 
-A LightningModule (step = images -> autoencoder -> MSE -> log) and a LightningDataModule over
-the images of JSONL manifests (by default the synthetic generation suite, which it writes
-first). The checkpoint it saves (``hyper_parameters["fsq"]`` + ``state_dict``, plain data) is
-what ``image.fsq``'s ``checkpoint`` option reads with ``torch.load(weights_only=True)``.
+A LightningModule (step = media -> autoencoder -> MSE -> log) and a LightningDataModule over
+the images (or clips) of JSONL manifests (by default the synthetic generation suite, which it
+writes first). The checkpoint it saves (``hyper_parameters["fsq"]`` or ``["video_fsq"]`` +
+``state_dict``, plain data) is what the tokenizer's ``checkpoint`` option reads with
+``torch.load(weights_only=True)``. The video classes only swap the autoencoder and the loader.
 
-Logged: ``train/loss``, ``train/psnr``, ``val/loss``, ``val/psnr`` (dB, on held-out images)
-and ``val/codes_used`` (fraction of the codebook the validation images use).
+Logged: ``train/loss``, ``train/psnr``, ``val/loss``, ``val/psnr`` (dB, on held-out media)
+and ``val/codes_used`` (fraction of the codebook the validation media use).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from anymodal.data.manifest import read_manifest
 from anymodal.data.synthetic import GenConfig, synthesize_gen
-from anymodal.media import load_image
-from anymodal.tokenizers.image_fsq import FSQAutoencoder, FSQConfig, psnr
+from anymodal.media import load_image, load_video
+from anymodal.tokenizers.fsq_core import psnr
+from anymodal.tokenizers.image_fsq import FSQAutoencoder, FSQConfig
+from anymodal.tokenizers.video_fsq import VideoFSQAutoencoder, VideoFSQConfig
 
 
 class FSQModule(L.LightningModule):
@@ -57,7 +61,7 @@ class FSQModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x = batch[0]
         flip = torch.rand(x.shape[0], device=x.device) < 0.5  # mirror half: shapes look alike both ways
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
         return self._step((x,), "train")
 
     def validation_step(self, batch, batch_idx):
@@ -110,7 +114,17 @@ class FSQDataModule(L.LightningDataModule):
         self.root, self.synthetic = Path(root), synthetic
         self.train_path, self.val_path = train, val
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
-        self.image_size: int | None = None
+        self.media_config = None  # the module's autoencoder config (size, frames), read in setup
+
+    modality = "image"
+
+    def _load(self, seg) -> torch.Tensor:
+        """One image segment -> (3, S, S) in [0, 1]."""
+        s = self.media_config.image_size
+        img = load_image(seg.data, name=seg.source)
+        if img.shape[1:] != (s, s):
+            img = F.interpolate(img[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
+        return img
 
     def prepare_data(self):
         if self.synthetic is not None:
@@ -122,24 +136,24 @@ class FSQDataModule(L.LightningDataModule):
         out = []
         for rec in read_manifest(p):
             for seg in rec.segments:
-                if seg.modality == "image":
-                    img = load_image(seg.data, name=seg.source)
-                    if img.shape[1:] != (self.image_size, self.image_size):
-                        img = F.interpolate(img[None], size=(self.image_size,) * 2, mode="bilinear",
-                                            antialias=True, align_corners=False)[0]
-                    out.append(img)
+                if seg.modality == self.modality:
+                    out.append(self._load(seg))
             if self.limit and len(out) >= self.limit:
                 break
         if not out:
-            raise ValueError(f"{p}: no image segments to train the FSQ autoencoder on")
-        return torch.stack(out)  # (N, 3, S, S)
+            raise ValueError(f"{p}: no {self.modality} segments to train the FSQ autoencoder on")
+        return torch.stack(out)  # (N, 3, S, S) images or (N, T, 3, S, S) clips
 
     def setup(self, stage: str | None = None):
-        if self.image_size is None:
+        if self.media_config is None:
             module = self.trainer.lightning_module if self.trainer is not None else None
-            self.image_size = module.config.image_size if module is not None else FSQConfig().image_size
+            self.media_config = module.config if module is not None else self.default_config()
         self.train_set = TensorDataset(self._images(self.train_path)) if stage in (None, "fit") else None
         self.val_set = TensorDataset(self._images(self.val_path)) if self.val_path else None
+
+    @staticmethod
+    def default_config():
+        return FSQConfig()
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
@@ -147,3 +161,58 @@ class FSQDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size) if self.val_set is not None else []
+
+
+# ---- video.fsq ---------------------------------------------------------------------------------
+class VideoFSQModule(FSQModule):
+    """Trains a :class:`~anymodal.tokenizers.video_fsq.VideoFSQAutoencoder` by pixel MSE over
+    whole clips (``recipes/video-fsq.yaml``); the same step, schedule and logs as :class:`FSQModule`.
+
+    Args:
+        fsq: the autoencoder's shape (frames, frame size, fps, FSQ levels, width, stages).
+        lr, weight_decay, warmup_steps: as :class:`FSQModule`.
+    """
+
+    def __init__(self, fsq: VideoFSQConfig | None = None, lr: float = 2e-3, weight_decay: float = 0.0,
+                 warmup_steps: int = 50):
+        L.LightningModule.__init__(self)
+        if isinstance(fsq, dict):
+            fsq = VideoFSQConfig(**fsq)
+        self.config = fsq or VideoFSQConfig()
+        # plain data under its own key: image.fsq refuses this checkpoint by name (and vice versa)
+        self.save_hyperparameters({"video_fsq": asdict(self.config), "lr": lr, "weight_decay": weight_decay,
+                                   "warmup_steps": warmup_steps})
+        self.autoencoder = VideoFSQAutoencoder(self.config)
+
+
+class VideoFSQDataModule(FSQDataModule):
+    """Every video segment of the ``train`` / ``val`` manifests under ``root``, decoded once
+    (``frames`` sampled uniformly, each resized to the model's ``image_size``). The recipe has it
+    write the video tasks of the generation suite (:data:`anymodal.data.synthetic.VIDEO_GEN_TASKS`):
+    the moving shapes of text -> video and image -> video, and the flashing shapes of video -> audio.
+
+    Args: as :class:`FSQDataModule`.
+    """
+
+    modality = "video"
+
+    def __init__(self, root: str = "runs/any-to-any-video/data", synthetic: GenConfig | None = None,
+                 train: str = "train.jsonl", val: str | None = "val.jsonl", batch_size: int = 16,
+                 num_workers: int = 0, limit: int | None = None):
+        super().__init__(root, synthetic, train, val, batch_size, num_workers, limit)
+
+    def _load(self, seg) -> torch.Tensor:
+        """One video segment -> (T, 3, S, S) in [0, 1] (a shorter clip repeats its last frame)."""
+        cfg = self.media_config
+        x = load_video(seg.data, name=seg.source, num_frames=cfg.frames, threads=1)
+        if x.shape[0] < cfg.frames:
+            x = torch.cat([x, x[-1:].expand(cfg.frames - x.shape[0], -1, -1, -1)])
+        if x.shape[2:] != (cfg.image_size, cfg.image_size):
+            x = F.interpolate(x, size=(cfg.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+    @staticmethod
+    def default_config():
+        return VideoFSQConfig()
+
+

@@ -128,3 +128,69 @@ def draw_squares(rng: random.Random, size: int, n: int):
         cy = (c // 3 + 0.5) * cell + rng.uniform(-0.5, 0.5)
         draw_shape(d, "square", cx, cy, r, COLOURS[rng.choice(list(COLOURS))])
     return img
+
+
+# ---- clips: (T, H, W, 3) uint8 arrays (the video generation suite) ------------------------------
+DIRECTIONS = ["left", "right", "up", "down"]
+_STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def _clip_of(frames: int, size: int, bg, draw_frame):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        img = Image.new("RGB", (size, size), bg)
+        draw_frame(t, ImageDraw.Draw(img))
+        out[t] = np.asarray(img)
+    return out
+
+
+def moving_shape_path(rng: random.Random, size: int, frames: int, direction: str, r: float,
+                      start: tuple[float, float] | None = None, centred: bool = False) -> list[tuple[float, float]]:
+    """Centres of a shape of radius ``r`` gliding ``direction`` at constant speed, one per frame:
+    from 2 px inside one edge to 2 px inside the other along the motion axis (a third of the
+    frame or more), at a random place across it (``centred``: the middle, up to a pixel), or
+    from ``start``."""
+    dx, dy = _STEP[direction]
+    lo, hi = r + 2, size - r - 2
+    if start is None:
+        across = size / 2 + rng.uniform(-1.0, 1.0) if centred else rng.uniform(lo, hi)
+        along0 = lo if (dx + dy) > 0 else hi
+        start = (along0, across) if dx else (across, along0)
+    sx, sy = start
+    along0 = sx if dx else sy
+    end = hi if (dx + dy) > 0 else lo
+    travel = end - along0
+    return [(sx + dx * abs(travel) * t / (frames - 1), sy + dy * abs(travel) * t / (frames - 1)) if frames > 1
+            else (sx, sy) for t in range(frames)]
+
+
+def draw_moving_shape(rng: random.Random, size: int, frames: int, colour: str, shape: str, direction: str,
+                      start: tuple[float, float] | None = None, centred: bool = False):
+    """One ``colour`` ``shape`` (radius a quarter of the frame) gliding ``direction`` across most
+    of the frame on near-black, as a (frames, size, size, 3) uint8 clip: the text -> video target
+    (``centred``: through the middle, so the prompt says all there is to draw) and the image ->
+    video one (anywhere across the motion; the picture is its first frame). ``start`` fixes the
+    first centre."""
+    if direction not in _STEP:
+        raise ValueError(f"unknown direction {direction!r}; known: {DIRECTIONS}")
+    r = size * rng.uniform(0.24, 0.26)  # large: a square's corners survive 4x4-pixel tubelet codes
+    path = moving_shape_path(rng, size, frames, direction, r, start, centred)
+    bg = tuple(rng.randint(0, 20) for _ in range(3))
+    return _clip_of(frames, size, bg, lambda t, d: draw_shape(d, shape, *path[t], r, COLOURS[colour]))
+
+
+def draw_flashes(rng: random.Random, size: int, frames: int, n: int):
+    """The video -> audio prompt: one large shape of a random colour lit on ``n`` single frames,
+    dark between and around them (so a flash is one frame and flashes never touch), on
+    near-black, as a (frames, size, size, 3) uint8 clip. Needs ``frames >= 2n - 1``."""
+    from anymodal.data.synthetic.sound import burst_starts
+
+    lit = {int(s) for s in burst_starts(rng, n, frames, 1, 1, whole=True)}
+    r = size * rng.uniform(0.25, 0.32)
+    cx, cy = rng.uniform(r + 2, size - r - 2), rng.uniform(r + 2, size - r - 2)
+    shape, colour = rng.choice(SHAPES), COLOURS[rng.choice(list(COLOURS))]
+    bg = tuple(rng.randint(0, 20) for _ in range(3))
+    return _clip_of(frames, size, bg, lambda t, d: draw_shape(d, shape, cx, cy, r, colour) if t in lit else None)

@@ -8,7 +8,7 @@ change when other tasks are added. Answers are balanced: every choice is the ans
 ``per_task // len(choices)`` samples (the remainder goes to the first choices).
 
 Tasks (pick them with ``SynthConfig.tasks``, by name or by group ``image``, ``video``,
-``audio``, ``cross`` or ``all``; the default is the ``image`` group):
+``audio``, ``cross``, ``all``, ``chat`` or ``bind``; the default is the ``image`` group):
 
 - ``image.shape``: "What shape is it?" -> circle | square | triangle
 - ``image.colour``: "What colour is the shape?" -> red | green | blue | yellow
@@ -25,6 +25,28 @@ Tasks (pick them with ``SynthConfig.tasks``, by name or by group ``image``, ``vi
   Harder than the rest and in no group (name it to use it): neither medium alone says anything
   about the answer (an XOR of two counts), and the demo's model learned it in one run of three
   (0.97, 0.58 and 0.50 held-out after 1800-2400 steps), so the demo asks which count is larger.
+  It is also the first of the ``bind`` group.
+- ``bind`` (binding: is what one sense shows the same as what another shows?), six questions that
+  each need two inputs at once; chance is 0.5 and neither input alone says anything about the
+  answer (``tests/test_binding.py`` measures it on generated data; ``docs/binding.md``):
+
+  - ``cross.same_count``: as above (an image and a sound) -> yes | no;
+  - ``bind.flashes_beeps``: "Is the number of flashes the same as the number of beeps?" (a video
+    and a sound) -> yes | no;
+  - ``bind.shape_word``: "Is the shape the one the word names?" (an image, then a word: circle,
+    square or triangle) -> yes | no;
+  - ``bind.colour_tune``: "Does the tune stand for the colour of the shape?" (an image and a
+    sound; each colour has a tune, :data:`TUNE_OF_COLOUR`) -> yes | no;
+  - ``bind.motion_tone``: "Does the pitch go the way the square moves?" (a video of a square
+    moving up or down and a rising or falling chirp; up goes with rising) -> yes | no;
+  - ``bind.which_image``: "Which image has as many squares as there are beeps?" (two images and a
+    sound) -> first | second.
+
+  Group ``bind``, not in ``all`` (suites written with ``all`` keep their content) nor in the
+  ``synth`` evaluation group (``anymodal eval --tasks bind``). Train them with the single-modal
+  facts they rest on (:data:`BIND_FACTS`: the counts, shape, colour, motion, pitch, and
+  ``audio.tune_colour``: "Which colour does the tune stand for?" -> red | green | blue | yellow),
+  as ``recipes/bind.yaml`` does.
 - ``chat.more_circles``, ``chat.same_colour``: three-turn conversations whose last question
   ("Which one had more circles?", "Were they the same colour?") is answered only from the two
   earlier turns (:mod:`~anymodal.data.synthetic.dialogue`). Group ``chat``, not in ``all``.
@@ -65,7 +87,7 @@ import numpy as np
 from anymodal.data.synthetic.dialogue import CHAT_TASK_SPECS, CHAT_TASKS
 from anymodal.data.synthetic.draw import (COLOURS, POSITIONS, SHAPES, draw_grid, draw_shape,
                                           grey_background, grey_canvas, random_placement)
-from anymodal.data.synthetic.sound import burst_starts, noise, ramp, random_beeps
+from anymodal.data.synthetic.sound import burst_starts, noise, ramp, random_beeps, tune_wave
 from anymodal.data.synthetic.writing import (SPLIT_SEEDS, check_sizes, split_seed, write_audio, write_suite,
                                              write_video)
 
@@ -79,11 +101,19 @@ IMAGE_TASKS = ("image.shape", "image.colour", "image.count", "image.position")
 VIDEO_TASKS = ("video.motion", "video.flashes")
 AUDIO_TASKS = ("audio.beeps", "audio.pitch")
 CROSS_TASKS = ("cross.beeps_squares", "cross.more_circles")
-EXTRA_TASKS = ("cross.same_count",)  # in no group: name them
-# "all" is every single-turn task; the conversations (chat) are named apart, so a suite written
-# with "all" before they existed keeps its manifests byte for byte
+EXTRA_TASKS = ("cross.same_count",)  # in no group but bind: name them
+BIND_TASKS = ("cross.same_count", "bind.flashes_beeps", "bind.shape_word", "bind.colour_tune", "bind.motion_tone",
+              "bind.which_image")
+#: the single-modal questions the binding tasks rest on, to train in the same mix
+BIND_FACTS = ("image.count", "audio.beeps", "video.flashes", "image.shape", "image.colour", "audio.tune_colour",
+              "video.motion", "audio.pitch")
+#: the tune that stands for each colour (bind.colour_tune, audio.tune_colour)
+TUNE_OF_COLOUR = {"red": "low", "green": "rising", "blue": "falling", "yellow": "high"}
+# "all" is the single-turn tasks written before conversations (chat) and binding (bind) existed,
+# which are named apart, so a suite written with "all" keeps its manifests byte for byte
 TASK_GROUPS = {"image": IMAGE_TASKS, "video": VIDEO_TASKS, "audio": AUDIO_TASKS, "cross": CROSS_TASKS,
-               "all": IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS + EXTRA_TASKS, "chat": CHAT_TASKS}
+               "all": IMAGE_TASKS + VIDEO_TASKS + AUDIO_TASKS + CROSS_TASKS + EXTRA_TASKS, "chat": CHAT_TASKS,
+               "bind": BIND_TASKS}
 FORMAT_VERSION = 3  # in synth.json: a suite written by another generator version is rewritten
 _MEDIA_DIRS = {"image": ("images", "png"), "video": ("videos", "mp4"), "audio": ("audio", "wav")}
 
@@ -93,7 +123,7 @@ class SynthConfig:
     """What ``anymodal data synth`` writes. Sizes are samples per task and split.
 
     ``tasks`` lists task names and/or groups (``image``, ``video``, ``audio``, ``cross``,
-    ``all``); groups expand in place, duplicates are dropped, order is kept.
+    ``all``, ``chat``, ``bind``); groups expand in place, duplicates are dropped, order is kept.
     ``train_weights`` scales the training split of some tasks (names or groups):
     ``{"cross.beeps_squares": 2}`` writes ``2 * train_per_task`` of them. The loader samples
     records uniformly, so this is the task's weight in the training mixture; a task whose answer
@@ -289,10 +319,61 @@ def cross_more_circles(rng, cfg, answer):
             ("image", draw_grid(rng, cfg.image_size, second, "circle"))]
 
 
+# ---- binding: is what one sense shows the same as what another shows? ---------------------------
+# Each draws its two inputs so that, under either answer, each input alone is uniform over its
+# values: one value is uniform, the other equals it (or its partner) for "yes" and is uniform over
+# the rest for "no". Every answer is then an equality of two facts, and only the pair says it.
+def _same_or_other(rng: random.Random, values, same: bool):
+    """``(a, b)``: ``a`` uniform over ``values``; ``b == a`` when ``same``, else uniform over the rest."""
+    a = rng.choice(list(values))
+    return a, a if same else rng.choice([v for v in values if v != a])
+
+
+def bind_flashes_beeps(rng, cfg, answer):
+    """``n`` flashes in a clip and ``m`` beeps (1-4 each); ``m == n`` for yes."""
+    n, m = _same_or_other(rng, range(1, 5), answer == "yes")
+    return video_flashes(rng, cfg, str(n)) + [("audio", _beeps(rng, cfg, m))]
+
+
+def bind_shape_word(rng, cfg, answer):
+    """One shape in a cell of the 3x3 grid, then a word naming a shape (the same one for yes)."""
+    shape, word = _same_or_other(rng, SHAPES, answer == "yes")
+    return image_shape(rng, cfg, shape) + [("text", word)]
+
+
+def audio_tune_colour(rng, cfg, answer):
+    """The tune of colour ``answer`` (:data:`TUNE_OF_COLOUR`): what ``bind.colour_tune`` rests on."""
+    return [("audio", tune_wave(rng, TUNE_OF_COLOUR[answer], cfg.audio_rate, cfg.audio_seconds))]
+
+
+def bind_colour_tune(rng, cfg, answer):
+    """One shape of a colour (as ``image.colour`` draws it) and the tune of a colour (the same for yes)."""
+    colour, heard = _same_or_other(rng, list(COLOURS), answer == "yes")
+    return image_colour(rng, cfg, colour) + audio_tune_colour(rng, cfg, heard)
+
+
+def bind_motion_tone(rng, cfg, answer):
+    """A square moving up or down (as ``video.motion``) and a chirp rising or falling (as
+    ``audio.pitch``); yes when up goes with rising, down with falling."""
+    seen, heard = _same_or_other(rng, ["up", "down"], answer == "yes")  # heard: the way the pitch goes
+    return video_motion(rng, cfg, seen) + audio_pitch(rng, cfg, {"up": "rising", "down": "falling"}[heard])
+
+
+def bind_which_image(rng, cfg, answer):
+    """Two images of ``a != b`` squares (1-4 each) and ``a`` beeps (first) or ``b`` beeps (second).
+    The beeps are uniform, and so is each image, under either answer: one image alone or the
+    sound alone says nothing about which image matches."""
+    a, b = rng.sample(range(1, 5), 2)
+    beeps = a if answer == "first" else b
+    return [("image", draw_grid(rng, cfg.image_size, a, "square")),
+            ("image", draw_grid(rng, cfg.image_size, b, "square")), ("audio", _beeps(rng, cfg, beeps))]
+
+
 @dataclass(frozen=True)
 class SynthTask:
     """One synthetic QA task: its question, its answer set and a generator
-    ``make(rng, cfg, answer) -> [(modality, media), ...]`` of the media the answer is about.
+    ``make(rng, cfg, answer) -> [(modality, media), ...]`` of the media the answer is about
+    (``("text", word)`` among them is written as a text segment in its place: bind.shape_word).
 
     A conversation (``turns=True``) has ``make(rng, cfg, answer) -> [(question, [(modality,
     media), ...], reply), ...]``, one entry per user turn; the last reply is ``answer`` and
@@ -317,6 +398,14 @@ TASKS: dict[str, SynthTask] = {
     "cross.more_circles": SynthTask("Which image has more circles?", tuple(ORDINALS), cross_more_circles),
     "cross.same_count": SynthTask("Does the number of beeps equal the number of squares?", tuple(YES_NO),
                              cross_same_count),
+    "audio.tune_colour": SynthTask("Which colour does the tune stand for?", tuple(COLOURS), audio_tune_colour),
+    "bind.flashes_beeps": SynthTask("Is the number of flashes the same as the number of beeps?", tuple(YES_NO),
+                                    bind_flashes_beeps),
+    "bind.shape_word": SynthTask("Is the shape the one the word names?", tuple(YES_NO), bind_shape_word),
+    "bind.colour_tune": SynthTask("Does the tune stand for the colour of the shape?", tuple(YES_NO), bind_colour_tune),
+    "bind.motion_tone": SynthTask("Does the pitch go the way the square moves?", tuple(YES_NO), bind_motion_tone),
+    "bind.which_image": SynthTask("Which image has as many squares as there are beeps?", tuple(ORDINALS),
+                                  bind_which_image),
     **{name: SynthTask(q, tuple(choices), make, turns=True) for name, (q, choices, make) in CHAT_TASK_SPECS.items()},
 }
 
@@ -379,6 +468,9 @@ def qa_records(root: Path, split: str, cfg: SynthConfig) -> list[dict]:
             media = task.make(rng, cfg, answer)
             segments = [{"type": "text", "text": task.question}]
             for j, (kind, item) in enumerate(media):
+                if kind == "text":  # a word among the media (bind.shape_word): a text segment, no file
+                    segments.append({"type": "text", "text": item})
+                    continue
                 sub, ext = _MEDIA_DIRS[kind]
                 rel = f"{sub}/{split}/{i:06d}{'_' + str(j) if len(media) > 1 else ''}.{ext}"
                 _save(kind, item, root / rel, cfg)

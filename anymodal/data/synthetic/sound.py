@@ -101,3 +101,35 @@ def beep_wave(n: int, pattern: str, rate: int, seconds: float) -> np.ndarray:
         i0 = round((BEEP_START + i * (BEEP_LEN + BEEP_GAP)) * rate)
         wave[i0:i0 + m] += (0.5 * np.sin(2 * np.pi * f * t) * env).astype(np.float32)
     return wave
+
+
+# ---- tunes: the binding tasks' sounds that stand for colours ------------------------------------
+TUNES = ["rising", "falling", "high", "low"]
+
+
+def tune_wave(rng: random.Random, pattern: str, rate: int, seconds: float) -> np.ndarray:
+    """One tone of 50-70% of the clip over faint noise: an exponential chirp up or down (about
+    500 -> 1400 Hz, or back), or a steady high (1700-2000 Hz) or low (250-350 Hz) tone. The four
+    differ within a single 160 ms mel patch in pitch (high, low) or across patches in its slope
+    (rising, falling), so each is as easy to hear as ``audio.pitch``. (samples,) float32 in [-1, 1].
+
+    >>> tune_wave(random.Random(0), "high", 8000, 1.0).shape
+    (8000,)
+    """
+    if pattern not in TUNES:
+        raise ValueError(f"tune pattern must be one of {TUNES}, got {pattern!r}")
+    wave = noise(rng, rate, seconds)
+    D = rng.uniform(0.5, 0.7) * seconds
+    start = rng.uniform(0.02, seconds - D - 0.02)
+    m = round(D * rate)
+    t = np.arange(m, dtype=np.float64) / rate
+    if pattern in ("rising", "falling"):
+        low, ratio = rng.uniform(450, 550), rng.uniform(2.5, 3.0)
+        f0, k = (low, ratio) if pattern == "rising" else (low * ratio, 1 / ratio)
+        phase = 2 * np.pi * f0 * D * (k ** (t / D) - 1) / math.log(k)  # f(t) = f0 * k**(t/D)
+    else:
+        f = rng.uniform(1700, 2000) if pattern == "high" else rng.uniform(250, 350)
+        phase = 2 * np.pi * f * t
+    i0 = round(start * rate)
+    wave[i0:i0 + m] += (rng.uniform(0.3, 0.7) * np.sin(phase)).astype(np.float32) * ramp(m, rate, 10.0)
+    return np.clip(wave, -1, 1)
