@@ -10,8 +10,8 @@ seed sets both the data and the model), so the table shows mean, min and max ove
     python benchmarks/study_binding.py --list           # the configs and what each changes
     BENCH_QUICK=1 python benchmarks/study_binding.py    # a few steps: checks that it runs
 
-Each run takes the shared CPU lock (``--lock``, default ``/tmp/cpu.lock``, the one ``flock(1)``
-takes) for itself only, so other heavy jobs can run between two runs. Results merge into
+The runs of one seed take the shared CPU lock (``--lock``, default ``/tmp/cpu.lock``, the one
+``flock(1)`` takes) together, so other heavy jobs can run between two seeds; one torch thread. Results merge into
 ``results/binding.json`` (a rerun of a config and seed replaces its row) and the Markdown table
 ``results/binding.md`` is redrawn from all of them. Data and nothing else stay under
 ``runs/study-binding/`` (gitignored).
@@ -34,6 +34,7 @@ if str(HERE.parent) not in sys.path:  # run as `python benchmarks/x.py` from a c
 
 from common import QUICK, RESULTS, machine
 
+THREADS = 1
 WORK = HERE.parent / "runs" / ("study-binding-quick" if QUICK else "study-binding")
 JSON_PATH, MD_PATH = RESULTS / "binding.json", RESULTS / "binding.md"
 
@@ -108,7 +109,9 @@ def run_one(name: str, seed: int, steps: int | None = None) -> dict:
     from anymodal.train.data import AnyModalDataModule
     from anymodal.train.module import AnyModalModule
 
-    torch.set_num_threads(2)
+    # one thread: on 2 cores shared with other jobs, two OpenMP threads wait on each other at every
+    # barrier when one is descheduled (the first baseline run took ~3x its time with two)
+    torch.set_num_threads(THREADS)
     s = settings(name, steps)
     d = s["data"]
     cfg = SynthConfig(tasks=d["tasks"], train_per_task=d["train_per_task"], val_per_task=2,
@@ -189,19 +192,20 @@ def main(argv=None) -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
     data = load()
-    for seed in seeds:  # seed-major: a study cut short still compares every config on the same seeds
-        for name in names:
-            with cpu_lock(args.lock) as waited:
+    # seed-major: a study cut short still compares every config on the same seeds; the configs of
+    # one seed run under one hold of the lock (~2-3 minutes each: name at most 3 per call)
+    for seed in seeds:
+        with cpu_lock(args.lock) as waited:
+            for name in names:
                 r = run_one(name, seed, args.steps)
-            r["lock_wait_s"] = round(waited, 1)
-            print(json.dumps({k: r[k] for k in ("config", "seed", "train_s", "accuracy")}), flush=True)
-            data["runs"] = [x for x in data["runs"] if (x["config"], x["seed"]) != (name, seed)] + [r]
-            data["machine"], data["quick"] = machine(), QUICK
-            RESULTS.mkdir(exist_ok=True)
-            out = (JSON_PATH, MD_PATH) if not QUICK else (WORK / "binding.json", WORK / "binding.md")
-            out[0].parent.mkdir(parents=True, exist_ok=True)
-            out[0].write_text(json.dumps(data, indent=2, default=str))
-            out[1].write_text(table(data["runs"]))
+                r["lock_wait_s"], waited = round(waited, 1), 0.0
+                print(json.dumps({k: r[k] for k in ("config", "seed", "train_s", "accuracy")}), flush=True)
+                data["runs"] = [x for x in data["runs"] if (x["config"], x["seed"]) != (name, seed)] + [r]
+                data["machine"], data["quick"], data["threads"] = machine(), QUICK, THREADS
+                out = (JSON_PATH, MD_PATH) if not QUICK else (WORK / "binding.json", WORK / "binding.md")
+                out[0].parent.mkdir(parents=True, exist_ok=True)
+                out[0].write_text(json.dumps(data, indent=2, default=str))
+                out[1].write_text(table(data["runs"]))
     return 0
 
 

@@ -27,6 +27,7 @@ and greedy decoding; ``tests/test_results.py`` runs a tiny chain twice and compa
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -161,7 +162,7 @@ def run_chain(name: str, seed: int, work: Path, tiny: bool, threads: int, log=pr
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONHASHSEED": str(seed)}
     exe = _executables()
-    steps, t_chain = [], time.perf_counter()
+    steps, t_chain, load = [], time.perf_counter(), [os.getloadavg()[0]]
     for template in chain.steps:
         cmd = template.format(run=shlex.quote(str(run)), seed=seed, cfg=cfg, **exe)
         if tiny:
@@ -175,6 +176,7 @@ def run_chain(name: str, seed: int, work: Path, tiny: bool, threads: int, log=pr
             out.flush()
             proc = subprocess.run(cmd, shell=True, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         dt = time.perf_counter() - t0
+        load.append(os.getloadavg()[0])
         steps.append({"cmd": cmd, "seconds": round(dt, 1), "rc": proc.returncode})
         if proc.returncode != 0:
             tail = (run / "log.txt").read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
@@ -182,7 +184,7 @@ def run_chain(name: str, seed: int, work: Path, tiny: bool, threads: int, log=pr
                                + "\n".join(tail) + f"\n(full log: {run / 'log.txt'})")
     report = json.loads((run / chain.report).read_text(encoding="utf-8"))
     return {"seed": seed, "seconds": round(time.perf_counter() - t_chain, 1), "commit": _commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "steps": steps,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "load": round(max(load), 1), "steps": steps,
             "metrics": metrics_of(report)}
 
 
@@ -231,6 +233,16 @@ def summarize(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def _load_note(runs: list[dict]) -> str:
+    """Wall times mean little on a busy machine: say so when the 1-minute load average exceeded
+    the cores during a run (the scores do not depend on it)."""
+    loads = [r["load"] for r in runs if r.get("load") is not None]
+    if loads and max(loads) > (os.cpu_count() or 1) + 0.5:
+        return (f" (shared: load average up to {max(loads):.1f} on {os.cpu_count()} cores during these "
+                f"runs, so the times are longer than on quiet cores)")
+    return ""
+
+
 def render(results: dict) -> str:
     """The Markdown page: one section per chain (``--8<-- "docs/results.md:<chain>"`` includes it)."""
     m = results["machine"]
@@ -258,7 +270,8 @@ def render(results: dict) -> str:
         secs = [r["seconds"] for r in runs]
         lines += [f"## {chain.title}", "", f"<!-- --8<-- [start:{name}] -->",
                   f"{chain.what[0].upper()}{chain.what[1:]}. Seeds {', '.join(map(str, seeds))}; wall time per "
-                  f"seed {statistics.fmean(secs):.0f} s [{min(secs):.0f}, {max(secs):.0f}] on the machine above.",
+                  f"seed {statistics.fmean(secs):.0f} s [{min(secs):.0f}, {max(secs):.0f}] on the machine above"
+                  + _load_note(runs) + ".",
                   "",
                   "| task | metric | mean | min | max | chance | per seed |",
                   "|---|---|---:|---:|---:|---:|---|"]
@@ -272,6 +285,11 @@ def render(results: dict) -> str:
             lines.append(f"| {name_cell} | {first['metric'].replace('_', ' ')} | {s['mean']:.3f} | {s['min']:.3f} | "
                          f"{s['max']:.3f} | {chance} | {' '.join(f'{v:.3f}' for v in vals)} |")
         lines += ["", f"<!-- --8<-- [end:{name}] -->", ""]
+    missing = [n for n in CHAINS if n not in results["chains"]]
+    if missing:
+        lines += [f"Not measured yet (no seed of these chains has run for this page): "
+                  f"{', '.join(f'`{n}`' for n in missing)}; `python scripts/results.py --chains "
+                  f"{' '.join(missing)} --merge` adds them.", ""]
     lines += ["Reproduce: `make results` (all chains, seeds 0 1 2), or "
               "`python scripts/results.py --chains NAME --seeds 0 1 2`; each seed's commands and "
               "logs are in `runs/results/<chain>/seed<k>/log.txt`.", ""]
@@ -292,13 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     page, data = ((args.out / "results.md", args.out / "results.json") if args.out else
                   ((args.work / "results.md", args.work / "results.json") if args.tiny else (DEFAULT_PAGE, DEFAULT_JSON)))
-    previous = json.loads(data.read_text()) if args.merge and data.is_file() else {}
     t0 = time.perf_counter()
     chains = {}
     for name in args.chains:
         runs = [run_chain(name, seed, args.work, args.tiny, args.threads) for seed in args.seeds]
         chains[name] = {"runs": runs}
     seconds = time.perf_counter() - t0
+    page.parent.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    with open(args.work / ".results.lock", "w") as lock:  # two runs of other chains may end together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _write(args, page, data, chains, seconds)
+    print(f"wrote {page} and {data} ({seconds / 60:.1f} min)")
+    return 0
+
+
+def _write(args, page: Path, data: Path, chains: dict, seconds: float) -> None:
+    # read at the end, so that runs of other chains that finished meanwhile are kept
+    previous = json.loads(data.read_text()) if args.merge and data.is_file() else {}
     if previous and previous.get("tiny", False) == args.tiny:  # --merge: keep what this run did not redo
         old = previous.get("chains", {})
         for name, res in chains.items():
@@ -308,11 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = sum(r["seconds"] for v in chains.values() for r in v["runs"])
     results = {"date": time.strftime("%Y-%m-%d"), "machine": _machine(), "tiny": args.tiny,
                "seconds": round(seconds, 1), "chains": chains}
-    page.parent.mkdir(parents=True, exist_ok=True)
     data.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     page.write_text(render(results), encoding="utf-8")
-    print(f"wrote {page} and {data} ({seconds / 60:.1f} min)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -109,6 +109,9 @@ LEFT_OUT: dict[str, str] = {
         "the chat tutorial: its LLaVA file comes from the page's Python blocks (tests/test_docs.py); "
         "tests/test_importers_chat.py runs this importer through the real CLI on such a file",
     r"serve ": "a server runs until stopped: tests/test_serve.py starts it and sends requests",
+    r"(fit --config recipes/(video-fsq|any-to-any-video)\.yaml|(eval|generate) --model runs/any-to-any-video/)":
+        "the video-generation chain: tests/test_video_generation.py runs these four commands through the "
+        "real CLI at tiny size and opens the written MP4 with two decoders",
     r"eval --model runs/demo/export --task-file my_tasks\.jsonl":
         "the reader's own task file (the page's Python block writes and scores one, in tests/test_docs.py)",
 }
