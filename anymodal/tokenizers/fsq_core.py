@@ -28,7 +28,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
-from anymodal.tokenizers.base import ModalityTokenizer
+from anymodal.segments import Segment
+from anymodal.tokenizers.base import ModalityTokenizer, TokenBlock
 
 STATE_FILE = "fsq.safetensors"
 
@@ -175,6 +176,22 @@ class FSQTokenizerBase(ModalityTokenizer):
         self.autoencoder.requires_grad_(False)
         self.vocab_size = self.autoencoder.quantizer.codebook_size
         self.cfg_dropout = float(cfg_dropout)
+
+    def _pixels(self, segment: Segment) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _pixels()")
+
+    @torch.no_grad()
+    def encode(self, segment: Segment) -> TokenBlock:
+        ids = self.autoencoder.to_indices(self._pixels(segment)[None])[0]  # (fixed_length,)
+        return TokenBlock(ids=ids, grid=self.fixed_grid)
+
+    def num_tokens(self, segment: Segment) -> int:
+        return self.fixed_length
+
+    @torch.no_grad()
+    def decode(self, ids) -> torch.Tensor:
+        """(fixed_length,) ids -> the decoded pixels in [0, 1] (an image (3, S, S), a clip (T, 3, S, S))."""
+        return self.autoencoder.from_indices(self._check_ids(ids)[None])[0]
 
     def _check_ids(self, ids: Any) -> torch.Tensor:
         """``ids`` as a flat int64 tensor of exactly ``fixed_length`` ids in ``[0, vocab_size)``;

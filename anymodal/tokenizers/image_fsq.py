@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from anymodal.media import MediaLimits, load_image
 from anymodal.segments import Image, Segment
-from anymodal.tokenizers.base import TokenBlock
 from anymodal.tokenizers.fsq_core import FSQ, STATE_FILE, FSQTokenizerBase, psnr
 from anymodal.tokenizers.registry import register_tokenizer
 
@@ -166,20 +165,6 @@ class FSQImageTokenizer(FSQTokenizerBase):
         if img.shape[1:] != (s, s):
             img = F.interpolate(img[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
         return img
-
-    @torch.no_grad()
-    def encode(self, segment: Segment) -> TokenBlock:
-        ids = self.autoencoder.to_indices(self._pixels(segment)[None])[0]  # (g*g,)
-        return TokenBlock(ids=ids, grid=self.fixed_grid)
-
-    def num_tokens(self, segment: Segment) -> int:
-        return self.fixed_length
-
-    @torch.no_grad()
-    def decode(self, ids) -> torch.Tensor:
-        """(g*g,) ids -> (3, S, S) float image in [0, 1]."""
-        ids = self._check_ids(ids)
-        return self.autoencoder.from_indices(ids[None])[0]
 
     def make_segment(self, decoded: torch.Tensor) -> Segment:
         return Image(decoded, tokenizer=self.name)

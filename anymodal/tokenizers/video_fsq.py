@@ -51,7 +51,6 @@ import torch.nn.functional as F
 
 from anymodal.media.limits import MediaLimits
 from anymodal.segments import Segment, Video
-from anymodal.tokenizers.base import TokenBlock
 from anymodal.tokenizers.fsq_core import FSQ, FSQTokenizerBase
 from anymodal.tokenizers.registry import register_tokenizer
 
@@ -241,20 +240,6 @@ class VideoFSQTokenizer(FSQTokenizerBase):
         if x.shape[2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         return x
-
-    @torch.no_grad()
-    def encode(self, segment: Segment) -> TokenBlock:
-        ids = self.autoencoder.to_indices(self._pixels(segment)[None])[0]  # (t*g*g,)
-        return TokenBlock(ids=ids, grid=self.fixed_grid)
-
-    def num_tokens(self, segment: Segment) -> int:
-        return self.fixed_length
-
-    @torch.no_grad()
-    def decode(self, ids) -> torch.Tensor:
-        """(t*g*g,) ids -> (frames, 3, S, S) float clip in [0, 1]."""
-        ids = self._check_ids(ids)
-        return self.autoencoder.from_indices(ids[None])[0]
 
     def make_segment(self, decoded: torch.Tensor) -> Segment:
         """A :class:`~anymodal.segments.Video` of the decoded clip that plays at ``fps``
