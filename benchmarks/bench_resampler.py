@@ -56,13 +56,17 @@ SETTINGS = {
 BATCH = 16  # samples per training step
 TRAIN_PER_TASK = 40 if QUICK else 1200  # per task; a setting may say fewer (long clips take long to write)
 TEST_PER_TASK = 8 if QUICK else 100
-VARIANTS = ("plain", "resampled")
+#: plain: the tokenizer alone; resampled: ``resample:`` with its defaults (queries start from their
+#: pooled run of the item, ``init: pool``); learned: Flamingo's start (``init: learned``), the peer
+VARIANTS = ("plain", "resampled", "learned")
+DEFAULT_VARIANTS = ("plain", "resampled")
 
 
 def tokenizers(setting: dict, variant: str) -> list:
     tok = dict(setting["tokenizer"])
-    if variant == "resampled":
-        tok["resample"] = {"queries": setting["queries"], "layers": RESAMPLE_LAYERS}
+    if variant != "plain":
+        tok["resample"] = {"queries": setting["queries"], "layers": RESAMPLE_LAYERS,
+                           "init": "learned" if variant == "learned" else "pool"}
     return ["text.bytes", tok]
 
 
@@ -186,13 +190,14 @@ def run(name: str, variant: str, seed: int) -> dict:
 
 
 def timing(name: str, seed: int) -> dict:
-    """Throughput of the two exported variants of a setting, timed interleaved in one process."""
+    """Throughput of the setting's exported variants, timed interleaved in one process."""
     import torch
 
     import anymodal as am
 
     torch.set_num_threads(2)
-    models = {v: am.AnyModal.load(WORK / "exports" / f"{name}-{v}-s{seed}") for v in VARIANTS}
+    models = {v: am.AnyModal.load(WORK / "exports" / f"{name}-{v}-s{seed}") for v in VARIANTS
+              if (WORK / "exports" / f"{name}-{v}-s{seed}").exists()}
     result = {"setting": name, "seed": seed, **throughput(models, data(name), SETTINGS[name]["seq_len"]),
               "machine": machine()}
     _write(f"{name}-time-s{seed}", result)
@@ -216,14 +221,19 @@ def _spread(xs: list[float], fmt: str) -> str:
 def table() -> None:
     runs = [json.loads(p.read_text()) for p in sorted((WORK / "runs").glob("*.json"))]
     fits = [r for r in runs if "variant" in r]
-    times = {(r["setting"], r["seed"]): r for r in runs if "variant" not in r}
+    times: dict = {}  # (setting, seed) -> the timing keys of every timing run (a later run adds variants)
+    for r in runs:
+        if "variant" not in r:
+            times.setdefault((r["setting"], r["seed"]), {}).update(r)
     if not fits:
         raise SystemExit(f"no runs under {WORK / 'runs'}; run a setting first")
     m = fits[0]["machine"]
     lines = ["# Resampler trade-off: tokens per item, throughput, held-out accuracy", "",
              (f"A tiny model ({ARCH['n_layers']} layers, width {ARCH['dim']}) trained with the Lightning Trainer, "
               f"{BATCH} samples per step, the same steps and data per medium, with the plain tokenizer and with "
-              f"`resample: {{queries: N, layers: {RESAMPLE_LAYERS}}}`. Throughput: best of 5 interleaved timings "
+              f"`resample: {{queries: N, layers: {RESAMPLE_LAYERS}}}` (*resampled*: the default start, each query "
+              f"begins as the mean of its run of the item's vectors, `init: pool`; *learned*: Flamingo's start, "
+              f"learned queries only, `init: learned`). Throughput: best of 5 interleaved timings "
               f"(plain, resampled, plain, ...) on {m['torch_threads']} threads ({m['cpu']}, a machine shared "
               f"with other jobs; every run under one CPU lock); *train* = forward + backward + AdamW step on packed batches of "
               f"training samples, *infer* = forward of packed held-out prompts. Accuracy: greedy exact match on "
@@ -244,7 +254,7 @@ def table() -> None:
             vs = [r for r in fits if r["setting"] == name and r["variant"] == v]
             if not vs:
                 continue
-            ts = [times[name, r["seed"]] for r in vs if (name, r["seed"]) in times]
+            ts = [times[name, r["seed"]] for r in vs if f"train/{v}" in times.get((name, r["seed"]), {})]
             tasks = sorted(vs[0]["accuracy"])
             acc = ", ".join(f"{t.split('.', 1)[1]} {_spread([x['accuracy'][t] for x in vs], '.2f')}"
                             + (f" ({vs[0]['chance'][t]:.2f})" if vs[0]["chance"].get(t) is not None else "")
@@ -266,10 +276,10 @@ def table() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=sorted(SETTINGS), help="the medium of this run")
-    ap.add_argument("--variant", choices=VARIANTS, help="train and score one variant (default: both)")
+    ap.add_argument("--variant", choices=VARIANTS, help=f"train and score one variant (default: {' and '.join(DEFAULT_VARIANTS)})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", action="store_true", help="only write the setting's data")
-    ap.add_argument("--time", action="store_true", help="only time the setting's two exported variants")
+    ap.add_argument("--time", action="store_true", help="only time the setting's exported variants")
     ap.add_argument("--table", action="store_true", help="merge the runs into results/resampler.{json,md}")
     a = ap.parse_args()
     if a.setting and a.data:
@@ -277,7 +287,7 @@ def main() -> None:
     elif a.setting and a.time:
         timing(a.setting, a.seed)
     elif a.setting:
-        for v in [a.variant] if a.variant else VARIANTS:
+        for v in [a.variant] if a.variant else DEFAULT_VARIANTS:
             run(a.setting, v, a.seed)
         if not a.variant:
             timing(a.setting, a.seed)

@@ -81,6 +81,26 @@ def test_resampler_output_depends_on_its_item_only():
     assert torch.equal(r(x2, grid)[2:], both[2:]) and not torch.equal(r(x2, grid)[:2], both[:2])
 
 
+def test_pooled_queries_start_local_and_learned_ones_start_alike():
+    """init: pool gives query k the k-th run of the item's vectors before any training (each query
+    a different part of the item, which explain's rollout starts from); init: learned queries all
+    start as the same near-uniform mean of the item."""
+    torch.manual_seed(0)
+    x, grid = torch.randn(8, 32), torch.tensor([[0, 0, w] for w in range(8)])
+    pool = Resampler(32, ResamplerConfig(queries=2, layers=1, heads=4, init="pool"), max_grid=8)
+    learned = Resampler(32, ResamplerConfig(queries=2, layers=1, heads=4, init="learned"), max_grid=8)
+    learned.load_state_dict(pool.state_dict())  # same weights: only the start of the queries differs
+    x2 = x.clone()
+    x2[7] += 3.0  # change the last vector of the item (in the second query's run)
+    d_pool = (pool(x2, grid) - pool(x, grid)).norm(dim=1)
+    d_learned = (learned(x2, grid) - learned(x, grid)).norm(dim=1)
+    assert d_pool[1] > 3 * d_pool[0]  # the query whose run holds it moves, the other hardly
+    assert d_learned[1] < 1.5 * d_learned[0]  # identical starts: both move alike
+    c = pool.attribution(x, grid)[0]  # (2 queries, 8 inputs), rollout from the pooled start
+    assert c[0, :4].sum() > 0.6 and c[1, 4:].sum() > 0.6
+    torch.testing.assert_close(c.sum(1), torch.ones(2))
+
+
 def test_recipe_config_trains_exports_loads_and_generates(synth_root, tmp_path):
     """A recipe-style config (YAML) with ``resample:`` through the real Lightning Trainer."""
     import lightning as L
@@ -108,7 +128,7 @@ data: {{root: {synth_root}, seq_len: 128, batch_size: 8}}
     net = module.net.eval()
     assert not torch.equal(net.model.resamplers["image__patch"].queries, before)  # the queries learned
     loaded = am.AnyModal.load(net.export(tmp_path / "export"))
-    assert loaded.config.resamplers == {"image.patch": {"queries": 4, "layers": 1, "heads": None}}
+    assert loaded.config.resamplers == {"image.patch": {"queries": 4, "layers": 1, "heads": None, "init": "pool"}}
     prompt = ["What shape is it?", _image(32, 32)]
     b = net.batch([[*prompt, "circle"]])
     with torch.no_grad():
@@ -141,6 +161,7 @@ def test_explain_maps_the_queries_back_to_the_patches(model, tmp_path):
     (16, r"tokenizer 'image.patch': resample must be a mapping"),
     ({"queries": 100}, r"tokenizer 'image.patch': resample.queries=100 > model.arch.max_grid=64"),
     ({"heads": 3}, r"tokenizer 'image.patch': resample.heads=3 does not divide dim=64"),
+    ({"init": "mean"}, r"tokenizer 'image.patch': resample.init must be one of \['pool', 'learned'\], got 'mean'"),
 ])
 def test_bad_options_name_the_tokenizer(resample, match):
     with pytest.raises(ValueError, match=match):

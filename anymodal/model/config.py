@@ -36,7 +36,7 @@ class ModelConfig:
     - ``chat_template``: conversation turns (:mod:`anymodal.chat`): ``None`` (off; the vocabulary is
       unchanged), ``"default"`` (role tokens added to the vocabulary), or a Hugging Face chat LM's
       text markers, ``"chatml"`` (Qwen2) or ``"llama3"`` (:data:`anymodal.stream.CHAT_TEMPLATES`).
-    - ``resamplers``: continuous tokenizer name -> its learned-query resampler (``{"queries",
+    - ``resamplers``: continuous tokenizer name -> its learned-query resampler (``{"queries", "init",
       "layers", "heads"}``, :mod:`anymodal.model.resampler`); filled in from the tokenizer specs'
       ``resample:`` options by :class:`anymodal.AnyModal`, like ``continuous_inputs``.
     """

@@ -39,6 +39,9 @@ __all__ = ["GRID_SUFFIX", "RESAMPLE_KEY", "Resampler", "ResamplerConfig", "item_
            "resample_specs"]
 
 
+QUERY_INITS = ("pool", "learned")
+
+
 @dataclass
 class ResamplerConfig:
     """Shape of one tokenizer's resampler.
@@ -46,11 +49,18 @@ class ResamplerConfig:
     - ``queries``: N, the tokens the span becomes (an int >= 1).
     - ``layers``: cross-attention + MLP layers (Flamingo uses 6; 1-2 suffice for a tiny model).
     - ``heads``: attention heads; ``None``: the decoder's ``n_heads``.
+    - ``init``: what query k holds before its first layer. ``"pool"`` (default): its learned
+      vector plus the mean of the k-th of N consecutive runs of the item's vectors (adaptive
+      average pooling in the tokenizer's order), so every query carries a distinct local summary
+      from step 0 and the layers refine it (Honeybee, Cha et al. 2024: a plain Perceiver
+      resampler loses locality); ``"learned"``: the learned vector alone (Flamingo, BLIP-2), so
+      all queries start identical and must learn where to look before the decoder gets anything.
     """
 
     queries: int = 16
     layers: int = 2
     heads: int | None = None
+    init: str = "pool"
 
 
 def resample_config(tokenizer: str, options: Any) -> dict:
@@ -58,7 +68,7 @@ def resample_config(tokenizer: str, options: Any) -> dict:
     every field (what :class:`~anymodal.model.config.ModelConfig` ``.resamplers`` saves).
 
     >>> resample_config("image.patch", {"queries": 8})
-    {'queries': 8, 'layers': 2, 'heads': None}
+    {'queries': 8, 'layers': 2, 'heads': None, 'init': 'pool'}
     """
     where = f"tokenizer {tokenizer!r}: resample"
     if not isinstance(options, dict):
@@ -74,6 +84,8 @@ def resample_config(tokenizer: str, options: Any) -> dict:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{where}.{key} must be an int >= 1, got {v!r}")
+    if cfg["init"] not in QUERY_INITS:
+        raise ValueError(f"{where}.init must be one of {list(QUERY_INITS)}, got {cfg['init']!r}")
     return cfg
 
 
@@ -94,6 +106,18 @@ def check_resampled_tokenizers(tokenizers, resample: dict[str, dict]) -> None:
             raise ValueError(f"tokenizer {name!r} is {kinds.get(name, 'not in the model')}: resample: applies only to "
                              f"continuous tokenizers (they emit vectors; a discrete one emits ids the decoder embeds "
                              f"and may generate); remove resample from its spec")
+
+
+def pooling_matrix(m: int, n: int, device=None) -> torch.Tensor:
+    """(n, m) rows that average the k-th of n consecutive runs of m vectors (what
+    ``F.adaptive_avg_pool1d`` does; a run repeats a vector when m < n). Rows sum to 1.
+
+    >>> pooling_matrix(4, 2)
+    tensor([[0.5000, 0.5000, 0.0000, 0.0000],
+            [0.0000, 0.0000, 0.5000, 0.5000]])
+    """
+    eye = torch.eye(m, device=device)
+    return F.adaptive_avg_pool1d(eye[None], n)[0].T.contiguous()
 
 
 def item_lengths(grid: torch.Tensor) -> list[int]:
@@ -182,12 +206,20 @@ class Resampler(nn.Module):
         ok = torch.arange(M, device=x.device)[None] < torch.tensor(lengths, device=x.device)[:, None]
         key_ok = torch.cat([ok, ok.new_ones(S, self.num_queries)], dim=1)  # (S, M_max + N)
         q = self.queries.to(x.dtype).expand(S, -1, -1)
+        if self.cfg.init == "pool":  # each query starts with the mean of its run of the item's vectors
+            q = q + torch.stack([self.pool(m, x.device).to(x.dtype) @ it for m, it in zip(lengths, items)])
         probs = []
         for layer in self.layers:
             q, pr = layer(q, xs, key_ok, return_probs)
             probs.append(pr)
         out = q.reshape(S * self.num_queries, -1)
         return (out, probs, lengths) if return_probs else out
+
+    def pool(self, m: int, device) -> torch.Tensor:
+        """(N, m) initial share of each of an item's m vectors in each query (zeros for ``init: learned``)."""
+        if self.cfg.init == "pool":
+            return pooling_matrix(m, self.num_queries, device)
+        return torch.zeros(self.num_queries, m, device=device)
 
     @torch.no_grad()
     def attribution(self, x: torch.Tensor, grid: torch.Tensor) -> list[torch.Tensor]:
@@ -196,14 +228,15 @@ class Resampler(nn.Module):
 
         Per layer, the head-mean attention of the queries splits into ``I`` (on the inputs) and
         ``J`` (on the queries); with the residual, ``Ã = 0.5 A + 0.5 [0 | Id]``. A query's input
-        attribution is then ``C_l = Ã_I + Ã_J C_{l-1}`` with ``C_0 = 0`` (the learned queries
-        start with no input in them); rows renormalised to sum to 1.
+        attribution is then ``C_l = Ã_I + Ã_J C_{l-1}``, where ``C_0`` is what the query holds
+        before the first layer (its pooled run of inputs for ``init: pool``; nothing for
+        ``init: learned``); rows renormalised to sum to 1.
         """
         _, probs, lengths = self.forward(x, grid, return_probs=True)
         N = self.num_queries
         out = []
         for s, m in enumerate(lengths):
-            c = torch.zeros(N, m, dtype=torch.float32, device=x.device)
+            c = self.pool(m, x.device).float()
             M = probs[0].shape[-1] - N
             for pr in probs:
                 a = pr[s].float().mean(0)  # (N, M_max + N), mean over heads
