@@ -75,6 +75,19 @@ class Check:
     fix: str = ""
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): what benchmark and
+    results tables say their numbers came from."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def _version(module) -> str:
     v = getattr(module, "__version__", None) or getattr(module, "VERSION", None)
     if v is None:
