@@ -163,6 +163,7 @@ def run_chain(name: str, seed: int, work: Path, tiny: bool, threads: int, log=pr
            "PYTHONHASHSEED": str(seed)}
     exe = _executables()
     steps, t_chain, load = [], time.perf_counter(), [os.getloadavg()[0]]
+    commit = _commit()  # at the start: the code the commands run (a commit made during a run is not it)
     for template in chain.steps:
         cmd = template.format(run=shlex.quote(str(run)), seed=seed, cfg=cfg, **exe)
         if tiny:
@@ -183,7 +184,7 @@ def run_chain(name: str, seed: int, work: Path, tiny: bool, threads: int, log=pr
             raise RuntimeError(f"chain {name!r} seed {seed}: step failed (exit {proc.returncode}): {cmd}\n"
                                + "\n".join(tail) + f"\n(full log: {run / 'log.txt'})")
     report = json.loads((run / chain.report).read_text(encoding="utf-8"))
-    return {"seed": seed, "seconds": round(time.perf_counter() - t_chain, 1), "commit": _commit(),
+    return {"seed": seed, "seconds": round(time.perf_counter() - t_chain, 1), "commit": commit,
             "date": time.strftime("%Y-%m-%d %H:%M"), "load": round(max(load), 1), "steps": steps,
             "metrics": metrics_of(report)}
 
