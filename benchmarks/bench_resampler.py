@@ -42,15 +42,15 @@ RESAMPLE_LAYERS = 2
 SETTINGS = {
     "image": dict(tasks=["image"], synth=dict(image_size=48),
                   tokenizer={"name": "image.patch", "patch_size": 8, "max_tokens": 36}, queries=8,
-                  seq_len=256, steps=300,
+                  seq_len=256, steps=1000,
                   what="48 px images, 8 px patches: 6 x 6 = 36 patches"),
     "video": dict(tasks=["video"], synth=dict(video_size=32, video_frames=32, video_fps=16),
                   tokenizer={"name": "video.tubelet", "patch_size": 8, "tubelet": 2, "num_frames": 32}, queries=16,
-                  seq_len=1024, steps=200, train_per_task=400,  # fewer: a plain step is ~4x an image one
+                  seq_len=1024, steps=400, train_per_task=400,  # fewer: a plain step is ~4x an image one
                   what="32-frame clips of 32 px, 8 px x 2-frame tubelets: 16 x 4 x 4 = 256 tubelets"),
     "audio": dict(tasks=["audio"], synth=dict(audio_seconds=2.0),
                   tokenizer={"name": "audio.mel", "n_mels": 32, "patch_frames": 4}, queries=8,
-                  seq_len=256, steps=300,
+                  seq_len=256, steps=1000,
                   what="2 s clips, 32 mels, 4-frame (40 ms) time patches: 201 frames -> 51 patches"),
 }
 BATCH = 16  # samples per training step
@@ -218,6 +218,12 @@ def _spread(xs: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(xs), fmt)} ({format(min(xs), fmt)}-{format(max(xs), fmt)})"
 
 
+def _loads(runs: list[dict]) -> str:
+    """The range of the 1-minute load averages the runs recorded (a busy machine slows the times)."""
+    loads = [r["machine"]["load_average"][0] for r in runs if (r.get("machine") or {}).get("load_average")]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
+
+
 def table() -> None:
     runs = [json.loads(p.read_text()) for p in sorted((WORK / "runs").glob("*.json"))]
     fits = [r for r in runs if "variant" in r]
@@ -234,8 +240,8 @@ def table() -> None:
               f"`resample: {{queries: N, layers: {RESAMPLE_LAYERS}}}` (*resampled*: the default start, each query "
               f"begins as the mean of its run of the item's vectors, `init: pool`; *learned*: Flamingo's start, "
               f"learned queries only, `init: learned`). Throughput: best of 5 interleaved timings "
-              f"(plain, resampled, plain, ...) on {m['torch_threads']} threads ({m['cpu']}, a machine shared "
-              f"with other jobs; every run under one CPU lock); *train* = forward + backward + AdamW step on packed batches of "
+              f"(plain, resampled, plain, ...) on {m['torch_threads']} threads ({m['cpu']}, 1-minute load "
+              f"average {_loads(runs)} during the runs); *train* = forward + backward + AdamW step on packed batches of "
               f"training samples, *infer* = forward of packed held-out prompts. Accuracy: greedy exact match on "
               f"{TEST_PER_TASK} held-out questions per task (chance in brackets). *fit s*: wall seconds of "
               f"`trainer.fit` (data loading included; it varies with the other jobs' load). Over several seeds: mean "
