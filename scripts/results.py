@@ -116,6 +116,23 @@ CHAINS: dict[str, Chain] = {
                                                    "--data.synthetic.test_per_task=4",
               "{anymodal} fit --config {cfg[a2a]}": "--trainer.max_steps=6 --trainer.val_check_interval=6"},
     ),
+    "any-to-any-video": Chain(
+        title="Video output (clips generated)",
+        what="`recipes/video-fsq.yaml` (the space-time video codec) -> `recipes/any-to-any-video.yaml`; "
+             "held-out text -> video, image -> video and video -> audio prompts scored by the generation "
+             "checks (`anymodal eval --tasks gen-video`)",
+        recipes={"vfsq": "recipes/video-fsq.yaml", "a2av": "recipes/any-to-any-video.yaml"},
+        steps=["{anymodal} fit --config {cfg[vfsq]}",
+               "{anymodal} fit --config {cfg[a2av]}",
+               "{anymodal} eval --model {run}/any-to-any-video/checkpoints/last.ckpt --data "
+               "{run}/any-to-any-video/data --tasks gen-video --out {run}/eval --quiet"],
+        report="eval/report.json",
+        tiny={"{anymodal} fit --config {cfg[vfsq]}": "--trainer.max_steps=6 --trainer.val_check_interval=6 "
+                                                    "--data.synthetic.train_per_task=8 "
+                                                    "--data.synthetic.val_per_task=4 "
+                                                    "--data.synthetic.test_per_task=4",
+              "{anymodal} fit --config {cfg[a2av]}": "--trainer.max_steps=6 --trainer.val_check_interval=6"},
+    ),
     "chat": Chain(
         title="Multi-turn conversations (`recipes/chat.yaml`)",
         what="three-turn conversations whose last answer needs both earlier images; held-out "
@@ -264,7 +281,7 @@ def render(results: dict) -> str:
         seeds = [r["seed"] for r in runs]
         secs = [r["seconds"] for r in runs]
         lines += [f"## {chain.title}", "", f"<!-- --8<-- [start:{name}] -->",
-                  f"{chain.what[0].upper()}{chain.what[1:]}. Seeds {', '.join(map(str, seeds))}; wall time per "
+                  f"{chain.what[0].upper()}{chain.what[1:]}. Seed{"s" if len(seeds) > 1 else ""} {', '.join(map(str, seeds))}; wall time per "
                   f"seed {statistics.fmean(secs):.0f} s [{min(secs):.0f}, {max(secs):.0f}] on the machine above"
                   + _load_note(runs) + ".",
                   "",
