@@ -281,7 +281,7 @@ def render(results: dict) -> str:
         seeds = [r["seed"] for r in runs]
         secs = [r["seconds"] for r in runs]
         lines += [f"## {chain.title}", "", f"<!-- --8<-- [start:{name}] -->",
-                  f"{chain.what[0].upper()}{chain.what[1:]}. Seed{"s" if len(seeds) > 1 else ""} {', '.join(map(str, seeds))}; wall time per "
+                  f"{chain.what[0].upper()}{chain.what[1:]}. Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; wall time per "
                   f"seed {statistics.fmean(secs):.0f} s [{min(secs):.0f}, {max(secs):.0f}] on the machine above"
                   + _load_note(runs) + ".",
                   "",
